@@ -1,0 +1,115 @@
+"""`eqseg evaluate`: dense test labels, one confusion matrix over all test pixels, metrics and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from eqseg import tracking
+from eqseg.config import Params
+from eqseg.data.dataset import normalise
+from eqseg.errors import EqsegError
+from eqseg.evaluate.inference import confusion_on, load_model, predict_tiles
+from eqseg.evaluate.metrics import IGNORE, scores
+from eqseg.tiling.store import TileStore
+from eqseg.train.runtime import resolve_device
+from eqseg.utils.atomic import atomic_dir, write_json
+
+
+def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
+    cfg = params.evaluate
+    device = resolve_device(cfg.device)
+    store = TileStore(tiles)
+    model, info = load_model(model_dir / "model.pt", device)
+    test_ids = store.ids("test")
+    if len(test_ids) == 0:
+        raise EqsegError(f"{tiles}: the test split has no tiles")
+    cm = confusion_on(model, store, test_ids, cfg.batch_size, device)
+    metrics = scores(cm, store.meta["classes"]) | {"n_test_tiles": int(len(test_ids))}
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        np.savetxt(tmp / "confusion.csv", cm, fmt="%d", delimiter=",", header=",".join(store.meta["classes"]))
+        plot_confusion(tmp / "confusion.png", cm, store.meta["classes"])
+        preview = preview_ids(store, test_ids, cfg.n_preview)
+        preds = np.concatenate([p for _, p in predict_tiles(model, store, preview, cfg.batch_size, device)])
+        plot_predictions(tmp / "predictions.png", store, preview, preds)
+    run_file = model_dir / "run.json"
+    if run_file.is_file():
+        run_id = json.loads(run_file.read_text())["run_id"]
+        tracking.start_run(params.mlflow, run_id, run_name="", tags={})
+        tracking.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        tracking.log_artifacts([out / "metrics.json", out / "confusion.png", out / "predictions.png"], subdir="eval")
+        tracking.end_run()
+    return metrics
+
+
+def preview_ids(store: TileStore, ids: np.ndarray, n: int) -> np.ndarray:
+    """The test tiles with the most foreground, so that the preview shows objects rather than background."""
+    fg = (np.asarray(store.masks[np.sort(ids)]) % IGNORE > 0).sum(axis=(1, 2))
+    return np.sort(np.sort(ids)[np.argsort(-fg, kind="stable")[:n]])
+
+
+def _palette(n: int) -> np.ndarray:
+    import matplotlib
+
+    base = matplotlib.colormaps["tab10"](np.arange(10))[:, :3]
+    pal = np.zeros((256, 3))
+    pal[:n] = base[np.arange(n) % 10]
+    pal[0] = (0.08, 0.08, 0.08)
+    pal[IGNORE] = (0.6, 0.6, 0.6)
+    return pal
+
+
+def _display(image: np.ndarray, meta: dict) -> np.ndarray:
+    """A tile as an RGB float image in [0, 1], contrast-stretched per band (works for 1 band and for uint16)."""
+    x = normalise(image[None], meta)[0]
+    x = x[:3] if x.shape[0] >= 3 else np.repeat(x[:1], 3, axis=0)
+    x = np.clip((x + 2.5) / 5.0, 0, 1)
+    return x.transpose(1, 2, 0)
+
+
+def plot_predictions(path: Path, store: TileStore, ids: np.ndarray, preds: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pal = _palette(store.meta["num_classes"])
+    fig, axes = plt.subplots(len(ids), 3, figsize=(6.6, 2.2 * len(ids)), dpi=100, squeeze=False)
+    for row, (i, pred) in enumerate(zip(ids, preds)):
+        truth = np.asarray(store.masks[i])
+        shown = pred.copy()
+        shown[truth == IGNORE] = IGNORE
+        for ax, img, title in zip(axes[row], (_display(store.images[i], store.meta), pal[truth], pal[shown]), ("image", "truth", "prediction")):
+            ax.imshow(img, interpolation="nearest")
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_confusion(path: Path, cm: np.ndarray, classes: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5), dpi=110)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for r in range(len(classes)):
+        for c in range(len(classes)):
+            ax.text(c, r, f"{norm[r, c]:.2f}\n{cm[r, c]:,}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[r, c] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=30)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("test confusion (row-normalised)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

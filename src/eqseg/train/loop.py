@@ -1,0 +1,197 @@
+"""`eqseg train`: fit one model on one tile store, checkpointing every epoch and resuming after a kill.
+
+The checkpoint lives beside the output folder (`.{name}.ckpt.pt`), outside what Snakemake and DVC declare, so
+neither deletes it before a re-run; it is tied to a hash of the configuration and removed once training ends.
+The MLflow run id travels in the checkpoint, so a resumed training continues the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from eqseg import tracking
+from eqseg.config import Params, stable_hash
+from eqseg.data.dataset import TileDataset
+from eqseg.errors import EqsegError
+from eqseg.evaluate.inference import confusion_on, save_model
+from eqseg.evaluate.metrics import IGNORE, scores
+from eqseg.models import build, count_macs, count_parameters
+from eqseg.tiling.store import TileStore
+from eqseg.train.runtime import autocast, resolve_device, seed_everything, set_threads
+from eqseg.utils.atomic import atomic_dir, atomic_file
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.ckpt.pt"
+
+
+def select_train_ids(store: TileStore, max_tiles: int | None, seed: int) -> np.ndarray:
+    ids = store.ids("train")
+    if max_tiles is not None and max_tiles < len(ids):
+        ids = np.sort(np.random.default_rng(seed).choice(ids, max_tiles, replace=False))
+    return ids
+
+
+def make_loader(ds: TileDataset, batch_size: int, epoch: int, seed: int, num_workers: int, pin: bool) -> DataLoader:
+    ds.set_epoch(epoch)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return DataLoader(
+        ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=num_workers,
+        drop_last=len(ds) > batch_size, pin_memory=pin,
+    )
+
+
+def train_one_epoch(model, loader, optimiser, scaler, device, amp: bool) -> float:
+    model.train()
+    total, batches = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE)
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        total += float(loss.detach())
+        batches += 1
+    return total / max(batches, 1)
+
+
+def train(params: Params, dataset: str, model_name: str, supervision: str, seed: int, tiles: Path, out: Path) -> dict:
+    """Train one grid cell; write model.pt, history.csv, config.json, run.json and curves.png into `out`."""
+    cfg = params.train
+    store = TileStore(tiles)
+    meta = store.meta
+    options = params.model_options(model_name)
+    device = resolve_device(cfg.device)
+    amp = cfg.amp and device.type == "cuda"
+    set_threads(cfg.threads, cfg.num_workers)
+    seed_everything(seed)
+
+    model = build(model_name, meta["bands"], meta["num_classes"], **options).to(device)
+    if meta["tile_size"] % 2 ** int(options.get("depth", 0)):
+        raise EqsegError(f"tile size {meta['tile_size']} of {tiles} is not a multiple of 2**depth for model {model_name}")
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+
+    train_ids = select_train_ids(store, cfg.max_train_tiles, seed)
+    val_ids = store.ids("val")
+    ds = TileDataset(store, train_ids, augment=cfg.augment, seed=seed)
+    run_config = dict(
+        dataset=dataset, model=model_name, supervision=supervision, seed=seed, model_options=options,
+        train=cfg.model_dump(), tile=dict(size=meta["tile_size"], overlap=meta["overlap"]), n_train_tiles=len(train_ids),
+        n_val_tiles=len(val_ids), tiles=str(tiles),
+    )
+    config_hash = stable_hash({k: v for k, v in run_config.items() if k != "tiles"} | {"stats": meta["band_mean"]})
+    n_params = count_parameters(model)
+    macs = count_macs(model, meta["bands"], meta["tile_size"])
+
+    ckpt_file = checkpoint_path(out)
+    state = dict(epoch=0, history=[], best=-1.0, best_state=None, run_id=None)
+    if ckpt_file.is_file():
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+        if ckpt.get("config_hash") == config_hash:
+            model.load_state_dict(ckpt["model"])
+            optimiser.load_state_dict(ckpt["optimiser"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            state = ckpt["state"]
+            log.warning("resuming %s from epoch %d (checkpoint %s)", out, state["epoch"], ckpt_file)
+        else:
+            log.warning("ignoring checkpoint %s: made with another configuration", ckpt_file)
+
+    run = tracking.start_run(
+        params.mlflow, state["run_id"], run_name=f"{dataset}/{model_name}/{supervision}/seed{seed}",
+        tags={"dataset": dataset, "model": model_name, "supervision": supervision, "seed": str(seed),
+              "git_commit": tracking.git_commit(), "stage": "train"},
+    )
+    state["run_id"] = run.info.run_id
+    if state["epoch"] == 0:
+        tracking.log_params(run_config | {"n_params": n_params, "macs_per_tile": macs, "device": str(device)})
+    try:
+        for epoch in range(state["epoch"], cfg.epochs):
+            t0 = time.perf_counter()
+            loader = make_loader(ds, cfg.batch_size, epoch, seed, cfg.num_workers, device.type == "cuda")
+            loss = train_one_epoch(model, loader, optimiser, scaler, device, amp)
+            scheduler.step()
+            val = scores(confusion_on(model, store, val_ids, params.evaluate.batch_size, device, amp), meta["classes"]) if len(val_ids) else {}
+            row = dict(epoch=epoch + 1, train_loss=loss, val_miou=val.get("miou_macro", float("nan")),
+                       val_iou_micro=val.get("iou_micro", float("nan")), seconds=time.perf_counter() - t0)
+            state["history"].append(row)
+            tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+            score = row["val_miou"] if np.isfinite(row["val_miou"]) else -row["train_loss"]
+            if score > state["best"]:
+                state["best"] = score
+                state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state["epoch"] = epoch + 1
+            with atomic_file(ckpt_file) as tmp:
+                torch.save(dict(config_hash=config_hash, model=model.state_dict(), optimiser=optimiser.state_dict(),
+                                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), state=state), tmp)
+            log.info("epoch %d/%d loss %.4f val mIoU %.4f (%.1fs)", epoch + 1, cfg.epochs, loss, row["val_miou"], row["seconds"])
+    except BaseException:
+        tracking.end_run("KILLED")
+        raise
+
+    model.load_state_dict(state["best_state"])
+    info = dict(model=model_name, options=options, in_channels=meta["bands"], num_classes=meta["num_classes"],
+                classes=meta["classes"], band_mean=meta["band_mean"], band_std=meta["band_std"],
+                tile_size=meta["tile_size"], dataset=dataset, supervision=supervision, seed=seed)
+    best = max(state["history"], key=lambda r: r["val_miou"] if np.isfinite(r["val_miou"]) else -r["train_loss"])
+    summary = dict(best_epoch=best["epoch"], best_val_miou=best["val_miou"], final_train_loss=state["history"][-1]["train_loss"],
+                   n_params=n_params, macs_per_tile=macs, train_seconds=sum(r["seconds"] for r in state["history"]))
+    with atomic_dir(out) as tmp:
+        save_model(tmp / "model.pt", model, info)
+        write_history(tmp / "history.csv", state["history"])
+        (tmp / "config.json").write_text(json.dumps(run_config | {"summary": summary}, indent=2, default=str) + "\n")
+        (tmp / "run.json").write_text(json.dumps({"run_id": state["run_id"], "tracking_uri": params.mlflow.tracking_uri}) + "\n")
+        plot_history(tmp / "curves.png", state["history"], title=run_config_title(run_config))
+    tracking.log_metrics(summary)
+    tracking.log_artifacts([out / "model.pt", out / "history.csv", out / "config.json", out / "curves.png"])
+    tracking.end_run()
+    ckpt_file.unlink(missing_ok=True)
+    return summary
+
+
+def run_config_title(c: dict) -> str:
+    return f"{c['dataset']} / {c['model']} / {c['supervision']} / seed {c['seed']}"
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+
+
+def plot_history(path: Path, history: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+    ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [r["val_miou"] for r in history], "s-", color="tab:orange", label="val mIoU")
+    ax2.set_ylabel("val mIoU (macro)")
+    ax2.set_ylim(0, 1)
+    fig.legend(loc="upper center", ncol=2, fontsize=8)
+    ax.set_title(title, fontsize=9, pad=18)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,37 @@
+"""Device, threads and seeds: CUDA with mixed precision when present, the CPU otherwise."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from eqseg.errors import EqsegError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EqsegError("train.device: cuda was asked for but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+def set_threads(threads: int, num_workers: int) -> None:
+    """On a small CPU, loader workers and torch threads compete: leave each worker a core."""
+    if threads <= 0:
+        threads = max(1, (os.cpu_count() or 1) - num_workers)
+    torch.set_num_threads(threads)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA only (float16 with a grad scaler); a no-op context on the CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
