@@ -1,0 +1,21 @@
+# eqseg workflow: tile -> train -> evaluate over the grid in params.yaml (or the file given with --configfile).
+# Rules only call the `eqseg` CLI; the same commands and output paths appear in dvc.yaml.
+from eqseg.config import load_params
+from eqseg import paths
+
+_given = list(workflow.overwrite_configfiles)
+if len(_given) > 1:
+    raise ValueError("give one --configfile (a complete params file); eqseg does not merge several")
+PARAMS_FILE = str(_given[0]) if _given else "params.yaml"
+P = load_params(PARAMS_FILE)  # validated once, with one-line errors for bad values
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/tile.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        grid_outputs(paths.EVAL + "/metrics.json"),

@@ -1,0 +1,6 @@
+"""Output paths of every stage, shared by the CLI defaults, the Snakemake rules and the DVC stages."""
+
+TILES = "results/tiles/{dataset}"
+MODEL = "results/models/{dataset}/{model}/{supervision}/seed{seed}"
+EVAL = "results/eval/{dataset}/{model}/{supervision}/seed{seed}"
+EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "predictions.png")
