@@ -59,11 +59,19 @@ class GeoSource:
 
         self._tree = STRtree(geoms) if geoms else None
 
-    def footprint(self, row: int, col: int, size: int):
-        left, bottom, right, top = rasterio.windows.bounds(
-            rasterio.windows.Window(col, row, size, size), self.transform
-        )
+    def footprint(self, row: int, col: int, height: int, width: int):
+        left, bottom, right, top = rasterio.windows.bounds(rasterio.windows.Window(col, row, width, height), self.transform)
         return box(left, bottom, right, top)
+
+    def has_valid_pixels(self, row: int, col: int, height: int, width: int) -> bool:
+        """Whether a region holds any valid pixel, judged on a decimated dataset mask (cheap for whole blocks)."""
+        if not hasattr(self, "_coarse"):
+            self._step = max(1, min(self.height, self.width) // 512)
+            shape = (max(1, self.height // self._step), max(1, self.width // self._step))
+            self._coarse = self._ds.dataset_mask(out_shape=shape) > 0
+        r0, c0 = row // self._step, col // self._step
+        r1, c1 = -(-(row + height) // self._step), -(-(col + width) // self._step)
+        return bool(self._coarse[r0:r1, c0:c1].any())
 
     def read_tile(self, row: int, col: int, size: int, row_end: int, col_end: int) -> TileRead:
         win = rasterio.windows.Window(col, row, min(size, col_end - col), min(size, row_end - row))
@@ -83,7 +91,7 @@ class GeoSource:
         valid[:h, :w] = valid_part
         mask = np.zeros((size, size), dtype=np.uint8)
         if self._tree is not None:
-            footprint = self.footprint(row, col, size)
+            footprint = self.footprint(row, col, size, size)
             hits = self._tree.query(footprint)
             if len(hits):
                 mask = rasterio.features.rasterize(
@@ -237,8 +245,11 @@ class PairSource:
         self.crs = None
         self.transform = None
 
-    def footprint(self, row: int, col: int, size: int):
-        return box(col, row, col + size, row + size)
+    def footprint(self, row: int, col: int, height: int, width: int):
+        return box(col, row, col + width, row + height)
+
+    def has_valid_pixels(self, row: int, col: int, height: int, width: int) -> bool:
+        return True
 
     def read_tile(self, row: int, col: int, size: int, row_end: int, col_end: int) -> TileRead:
         image = np.zeros((self.bands, size, size), dtype=self.dtype)

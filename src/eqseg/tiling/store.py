@@ -62,7 +62,7 @@ def plan_tiles(sources: list, split_cfg, tile: TileConfig) -> list[tuple[int, st
         return plan
     grid.check_block_size(split_cfg.block_size, tile.size, tile.overlap, "split.block_size")
     per_source = [grid.blocks(s.height, s.width, split_cfg.block_size) for s in sources]
-    flat = [(i, b) for i, bs in enumerate(per_source) for b in bs]
+    flat = [(i, b) for i, bs in enumerate(per_source) for b in bs if sources[i].has_valid_pixels(*b)]
     splits = grid.assign_splits(len(flat), split_cfg.fractions, split_cfg.seed)
     for (i, (r0, c0, h, w)), split in zip(flat, splits):
         # Tiles stay inside their block: padded at the block's edge, so no pixel belongs to two splits.
@@ -109,7 +109,7 @@ def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset, tile: TileCo
                     **{f"px_{cls}": int(counts[k]) for k, cls in enumerate(classes)},
                     px_unlabelled=int(counts[IGNORE]),
                     crs=src.crs.to_string() if src.crs else "",
-                    geometry=src.footprint(r, c, S),
+                    geometry=src.footprint(r, c, min(S, r_end - r), min(S, c_end - c)),
                 )
             )
             n += 1

@@ -1,0 +1,67 @@
+"""Shared fixtures: the repository root, real bundled data, and throw-away copies of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+
+def tool_env() -> dict[str, str]:
+    """Environment in which `eqseg`, `snakemake` and `dvc` of this interpreter come first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("GIT_AUTHOR_NAME", "eqseg-test")
+    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.org")
+    env.setdefault("GIT_COMMITTER_NAME", "eqseg-test")
+    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.org")
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the files git would check out (tracked and untracked-but-not-ignored) into dest."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if not src.exists() and not src.is_symlink():
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            target.symlink_to(os.readlink(src))
+        else:
+            shutil.copy2(src, target)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def eqseg_cli():
+    """Run the real `eqseg` command in a folder; returns the CompletedProcess (no check)."""
+
+    def call(args: list[str], cwd: Path, timeout: int = 300):
+        return run([str(BIN / "eqseg"), *args], cwd=cwd, timeout=timeout, check=False)
+
+    return call
