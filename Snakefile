@@ -20,8 +20,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/tile.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
-        grid_outputs(paths.EVAL + "/metrics.json"),
+        rules.report.output,

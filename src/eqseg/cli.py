@@ -87,6 +87,16 @@ def evaluate(params_path, model_dir, tiles, out) -> None:
     click.echo(f"{out}: test mIoU {metrics['miou_macro']:.4f}, micro IoU {metrics['iou_micro']:.4f}")
 
 
+@cli.command()
+@params_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/report"), show_default=True)
+def report(params_path: Path, out: Path) -> None:
+    """Collect the grid's test metrics into one table (report.md, summary.csv, cells.csv) and a plot."""
+    from eqseg.report import report as run, to_markdown
+
+    click.echo(to_markdown(run(_load(params_path), out)), nl=False)
+
+
 @cli.command("tracking-init")
 @params_option
 def tracking_init(params_path: Path) -> None:

@@ -4,3 +4,5 @@ TILES = "results/tiles/{dataset}"
 MODEL = "results/models/{dataset}/{model}/{supervision}/seed{seed}"
 EVAL = "results/eval/{dataset}/{model}/{supervision}/seed{seed}"
 EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "predictions.png")
+REPORT = "results/report"
+REPORT_FILES = ("report.md", "summary.csv", "cells.csv", "miou.png")

@@ -1,0 +1,9 @@
+rule report:
+    input:
+        grid_outputs(paths.EVAL + "/metrics.json"),
+    output:
+        [f"{paths.REPORT}/{name}" for name in paths.REPORT_FILES],
+    log:
+        "results/logs/report.log",
+    shell:
+        "eqseg report --params {PARAMS_FILE} --out {paths.REPORT} > {log} 2>&1"
