@@ -18,6 +18,7 @@ except EqsegError as err:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/tile.smk"
+include: "workflow/rules/weak.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"

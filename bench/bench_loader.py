@@ -41,7 +41,7 @@ def step(model, opt, x, y) -> None:
 
 def timed(model, opt, batches) -> float:
     t0 = time.perf_counter()
-    for x, y in batches:
+    for x, y, _ in batches:
         step(model, opt, x, y)
     return time.perf_counter() - t0
 

@@ -58,19 +58,43 @@ def tile(dataset: str, params_path: Path, out: Path | None) -> None:
 
 
 @cli.command()
+@click.argument("dataset")
+@click.argument("supervision")
+@params_option
+@click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), help="Default: results/tiles/DATASET.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+def weak(dataset: str, supervision: str, params_path: Path, tiles: Path | None, out: Path) -> None:
+    """Make the train labels of one supervision (full, points, scribbles+superpixels, ...) with their quality record."""
+    from eqseg.config import parse_supervision
+    from eqseg.weak.stage import make_weak_stage
+
+    p = _load(params_path)
+    try:
+        parse_supervision(supervision)
+    except ValueError as err:
+        raise EqsegError(f"supervision: {err}") from None
+    q = make_weak_stage(p, dataset, supervision, tiles or Path("results/tiles") / dataset, out)
+    precision = "-" if q.get("precision") is None else f"{q['precision']:.3f}"
+    click.echo(f"{dataset}/{supervision}: labelled fraction {q['labelled_fraction']:.4f}, precision {precision}")
+
+
+@cli.command()
 @params_option
 @click.option("--dataset", required=True)
 @click.option("--model", "model_name", required=True)
 @click.option("--supervision", default="full", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), help="Default: results/tiles/DATASET.")
+@click.option("--labels", type=click.Path(file_okay=False, path_type=Path), help="Output of `eqseg weak`; default: results/weak/DATASET/SUPERVISION.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-def train(params_path, dataset, model_name, supervision, seed, tiles, out) -> None:
+def train(params_path, dataset, model_name, supervision, seed, tiles, labels, out) -> None:
     """Train one model (one cell of the grid); resumes from its checkpoint after a kill."""
     from eqseg.train.loop import train as run
 
     p = _load(params_path)
-    summary = run(p, dataset, model_name, supervision, seed, tiles or Path("results/tiles") / dataset, out)
+    tiles = tiles or Path("results/tiles") / dataset
+    labels = labels or Path("results/weak") / dataset / supervision
+    summary = run(p, dataset, model_name, supervision, seed, tiles, labels, out)
     click.echo(f"{out}: best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']}")
 
 
@@ -95,6 +119,45 @@ def report(params_path: Path, out: Path) -> None:
     from eqseg.report import report as run, to_markdown
 
     click.echo(to_markdown(run(_load(params_path), out)), nl=False)
+
+
+@cli.command()
+@params_option
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--dataset", help="Dataset of the source (its labels give the scene metrics).")
+@click.option("--source", "source_name", help="Source name: the scene raster's or slide's file stem, or the image stem.")
+@click.option("--raster", type=click.Path(dir_okay=False, path_type=Path), help="Any GeoTIFF instead (no labels, no metrics).")
+@click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), help="The dataset's tile store: also score the test tiles alone.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Class map GeoTIFF.")
+@click.option("--metrics", "metrics_out", type=click.Path(dir_okay=False, path_type=Path), help="Default: OUT with .json.")
+def predict(params_path, model_dir, dataset, source_name, raster, tiles, out, metrics_out) -> None:
+    """Predict a whole scene or slide with overlapping windows into a tiled GeoTIFF, and score it."""
+    from eqseg.predict.run import predict as run
+
+    m = run(_load(params_path), model_dir, out, dataset, source_name, raster, tiles, metrics_out)
+    score = f", scene mIoU {m['scene']['miou_macro']:.4f}" if "scene" in m else ""
+    click.echo(f"{out}: {m['height']}x{m['width']}{score}, model forward {100 * (m['timing']['forward_share'] or 0):.0f}% "
+               f"of {m['timing']['total_seconds']:.1f}s")
+
+
+@cli.command("make-slide")
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--masks", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--mask-suffix", default="", show_default=True)
+@click.option("--mask-mode", type=click.Choice(["instances", "classes"]), default="instances", show_default=True)
+@click.option("--include", multiple=True, help="Glob on image file names (repeatable); default: all images.")
+@click.option("--mpp", type=float, required=True, help="Microns per pixel of the slide (0.25 for 40x, 0.5 for 20x).")
+@click.option("--source-mpp", type=float, help="Microns per pixel of the tiles, if not --mpp (they are resampled).")
+@click.option("--columns", type=int, default=4, show_default=True)
+@click.option("--margin", type=int, default=256, show_default=True, help="Blank pixels around every tile.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--mask-out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def make_slide(images, masks, mask_suffix, mask_mode, include, mpp, source_mpp, columns, margin, out, mask_out) -> None:
+    """Assemble image tiles and masks into a pyramidal tiled TIFF slide (OME, with its pixel size) and its mask."""
+    from eqseg.slides.make import make_slide as run
+
+    placed = run(images, masks, out, mask_out, mpp, source_mpp, mask_suffix, mask_mode, tuple(include), columns, margin)
+    click.echo(f"{out}: {len(placed)} tiles at {mpp} um/px; mask {mask_out}")
 
 
 @cli.command("tracking-init")

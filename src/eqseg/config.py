@@ -72,7 +72,44 @@ class GeoTiffDataset(_Strict):
     split: SplitConfig = SplitConfig(by="block")
 
 
-DatasetConfig = Annotated[Union[PairsDataset, GeoTiffDataset], Field(discriminator="kind")]
+class Slide(_Strict):
+    """One whole-slide image and its labels: a mask raster (any pyramid level) or GeoJSON in level-0 pixels."""
+
+    image: str
+    mask: str | None = None
+    annotations: str | None = Field(None, description="GeoJSON in level-0 pixel coordinates (e.g. a QuPath export)")
+
+    @model_validator(mode="after")
+    def _one_label_source(self):
+        if (self.mask is None) == (self.annotations is None):
+            raise ValueError(f"{self.image}: give exactly one of mask or annotations")
+        return self
+
+
+class SlideDataset(_Strict):
+    """Pyramidal whole-slide images (tiled TIFF, OME-TIFF, SVS...) read at the level closest to a resolution."""
+
+    kind: Literal["slide"]
+    slides: list[Slide] = Field(min_length=1)
+    mpp: float | None = Field(None, gt=0, description="target microns per pixel; the closest pyramid level is read")
+    level: int | None = Field(None, ge=0, description="pyramid level to read when mpp is not given (default 0)")
+    mask_mode: Literal["classes", "instances"] = "classes"
+    mask_values: dict[int, int] | None = None
+    annotation_classes: dict[str, int] | None = Field(
+        None, description="map annotation classification names to class ids; None: every annotation is class 1"
+    )
+    tissue_min_saturation: float = Field(0.05, ge=0, le=1, description="floor under the Otsu threshold on saturation")
+    classes: list[str] = Field(min_length=2)
+    split: SplitConfig = SplitConfig()
+
+    @model_validator(mode="after")
+    def _mpp_or_level(self):
+        if self.mpp is not None and self.level is not None:
+            raise ValueError("give mpp or level, not both")
+        return self
+
+
+DatasetConfig = Annotated[Union[PairsDataset, GeoTiffDataset, SlideDataset], Field(discriminator="kind")]
 
 
 class TileConfig(_Strict):
@@ -98,12 +135,36 @@ class TrainConfig(_Strict):
     num_workers: int = Field(1, ge=0)
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = automatic")
     max_train_tiles: int | None = Field(None, gt=0, description="cap on train tiles (smoke runs, label budgets)")
+    loss: dict[str, Any] = Field({"ce": 1.0}, description="weighted loss terms: ce, lovasz, dice, mil, consistency")
+    loss_for: dict[str, dict[str, Any]] = Field(
+        {"tags": {"mil": 1.0}}, description="loss per supervision kind, replacing `loss` for that kind"
+    )
+    tiles_per_epoch: int | None = Field(
+        None, gt=0, description="tiles drawn per epoch (cycling the train set); None: each train tile once"
+    )
 
 
 class EvaluateConfig(_Strict):
     batch_size: int = Field(16, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     n_preview: int = Field(6, ge=1, description="test tiles drawn in predictions.png")
+
+
+class PredictConfig(_Strict):
+    """Sliding-window prediction of whole scenes and slides (`eqseg predict`)."""
+
+    window: int | None = Field(None, gt=0, description="window side in pixels; None: the model's tile size")
+    overlap: int = Field(32, ge=0, description="pixels shared by neighbouring windows, blended with a cosine ramp")
+    tta: bool = Field(False, description="average the 8 rotations/flips (D4) of each window")
+    probabilities: Literal["none", "uint8", "float32"] = Field("none", description="also write class probabilities")
+    batch_size: int = Field(8, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _overlap_below_window(self):
+        if self.window is not None and self.overlap * 2 >= self.window:
+            raise ValueError(f"overlap ({self.overlap}) must be less than half the window ({self.window})")
+        return self
 
 
 class MlflowConfig(_Strict):
@@ -118,19 +179,51 @@ class MlflowConfig(_Strict):
         return v
 
 
+def parse_supervision(name: str) -> tuple[str, str]:
+    """'full', a weak kind ('points'), or a kind with its classical expansion ('points+watershed')."""
+    from eqseg.weak import KINDS
+    from eqseg.weak.expand import METHODS
+
+    kind, _, expansion = name.partition("+")
+    if kind != "full" and kind not in KINDS:
+        raise ValueError(f"unknown supervision {name!r} (allowed: full, {', '.join(KINDS)}, optionally +expansion)")
+    if expansion and (expansion not in METHODS or expansion == "none"):
+        raise ValueError(f"unknown expansion in {name!r} (allowed: {', '.join(m for m in METHODS if m != 'none')})")
+    if expansion and kind in ("full", "tags", "partial"):
+        raise ValueError(f"supervision {name!r}: {kind} labels cannot be expanded")
+    return kind, expansion or "none"
+
+
 class GridConfig(_Strict):
     datasets: list[str] = Field(min_length=1)
     models: list[str] = Field(min_length=1)
-    supervision: list[Literal["full"]] = ["full"]
+    supervision: list[str] = Field(["full"], min_length=1, description="full | points | scribbles | boxes | coarse | tags | partial, +expansion")
     seeds: list[int] = Field([0], min_length=1)
+
+    @field_validator("supervision")
+    @classmethod
+    def _known_supervision(cls, v: list[str]) -> list[str]:
+        for name in v:
+            parse_supervision(name)
+        return v
+
+
+class WeakConfig(_Strict):
+    """Weak-label generation: options per kind, options per expansion method, and the seed (labels are data)."""
+
+    seed: int = 0
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per kind, e.g. points: {per_object: 1}")
+    expansion_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per method")
 
 
 class Params(_Strict):
     datasets: dict[str, DatasetConfig]
     tile: TileConfig = TileConfig()
     models: dict[str, dict[str, Any]] = Field(description="options per model name, passed to eqseg.models.build")
+    weak: WeakConfig = WeakConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    predict: PredictConfig = PredictConfig()
     mlflow: MlflowConfig = MlflowConfig()
     grid: GridConfig
 
@@ -147,11 +240,30 @@ class Params(_Strict):
         for name in self.grid.models:
             if name not in self.models:
                 raise ValueError(f"grid.models: model {name!r} has no entry under models (defined: {sorted(self.models)})")
+        from eqseg.losses import build_loss
+        from eqseg.weak import KINDS
+        from eqseg.weak.expand import METHODS
+
+        for key, spec in [("train.loss", self.train.loss)] + [(f"train.loss_for.{k}", v) for k, v in self.train.loss_for.items()]:
+            try:
+                build_loss(spec)
+            except EqsegError as err:
+                raise ValueError(f"{key}: {err}") from None
+        for kind in self.weak.options:
+            if kind not in KINDS:
+                raise ValueError(f"weak.options: unknown kind {kind!r} (allowed: {', '.join(KINDS)})")
+        for method in self.weak.expansion_options:
+            if method not in METHODS:
+                raise ValueError(f"weak.expansion_options: unknown method {method!r} (allowed: {', '.join(METHODS)})")
         for name in self.grid.models:
             depth = int(self.models[name].get("depth", 0))
             if self.tile.size % (2**depth):
                 raise ValueError(f"tile.size ({self.tile.size}) must be a multiple of 2**depth = {2**depth} of model {name!r}")
         return self
+
+    def loss_spec(self, supervision: str) -> dict[str, Any]:
+        kind, _ = parse_supervision(supervision)
+        return dict(self.train.loss_for.get(kind, self.train.loss))
 
     def model_options(self, name: str) -> dict[str, Any]:
         if name not in self.models:
@@ -166,7 +278,7 @@ class Params(_Strict):
 
 def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in ("pairs", "geotiff")))
+    loc = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in ("pairs", "geotiff", "slide")))
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; allowed keys are documented in params.yaml)"

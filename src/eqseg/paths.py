@@ -1,6 +1,7 @@
 """Output paths of every stage, shared by the CLI defaults, the Snakemake rules and the DVC stages."""
 
 TILES = "results/tiles/{dataset}"
+WEAK = "results/weak/{dataset}/{supervision}"
 MODEL = "results/models/{dataset}/{model}/{supervision}/seed{seed}"
 EVAL = "results/eval/{dataset}/{model}/{supervision}/seed{seed}"
 EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "predictions.png")

@@ -1,6 +1,7 @@
 rule train:
     input:
         tiles=paths.TILES,
+        labels=paths.WEAK,
     output:
         directory(paths.MODEL),
     params:
@@ -10,4 +11,5 @@ rule train:
     threads: 2
     shell:
         "eqseg train --params {PARAMS_FILE} --dataset {wildcards.dataset} --model {wildcards.model}"
-        " --supervision {wildcards.supervision} --seed {wildcards.seed} --tiles {input.tiles} --out {output} 2> {log}"
+        " --supervision {wildcards.supervision} --seed {wildcards.seed} --tiles {input.tiles} --labels {input.labels}"
+        " --out {output} 2> {log}"

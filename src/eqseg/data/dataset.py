@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from eqseg.errors import EqsegError
+from eqseg.tiling.sources import IGNORE
 from eqseg.tiling.store import TileStore
 
 
@@ -21,13 +23,27 @@ def d4_numpy(a: np.ndarray, g: int) -> np.ndarray:
 
 
 class TileDataset(Dataset):
-    def __init__(self, store: TileStore, ids: np.ndarray, augment: str = "none", seed: int = 0, labels: np.ndarray | None = None):
+    """Items are (image float32 (C,S,S), mask int64 (S,S), tags float32 (K,) or empty).
+
+    Labels default to the store's dense masks; `labels`/`label_ids` substitute the output of `eqseg weak`: per-pixel
+    labels (N, S, S), or an image-level tag matrix (N, K), in which case the mask is all unlabelled (255).
+    """
+
+    def __init__(self, store: TileStore, ids: np.ndarray, augment: str = "none", seed: int = 0,
+                 labels: np.ndarray | None = None, label_ids: np.ndarray | None = None):
         self.images = store.images
-        self.masks = store.masks if labels is None else labels
+        self.meta = store.meta
         self.ids = np.asarray(ids)
-        self.label_rows = self.ids if labels is None else np.arange(len(self.ids))
-        self.mean = np.asarray(store.meta["band_mean"], dtype=np.float32)[:, None, None]
-        self.inv_std = (1.0 / np.asarray(store.meta["band_std"], dtype=np.float32))[:, None, None]
+        if labels is None:
+            self.labels, self.rows = store.masks, self.ids
+        else:
+            row_of = {int(t): r for r, t in enumerate(label_ids)}
+            missing = [int(t) for t in self.ids if int(t) not in row_of]
+            if missing:
+                raise EqsegError(f"weak labels do not cover train tiles {missing[:5]}: re-run `eqseg weak` for this tile store")
+            self.labels, self.rows = labels, np.array([row_of[int(t)] for t in self.ids])
+        self.tag_mode = self.labels.ndim == 2
+        self.size = store.images.shape[-1]
         self.augment = augment
         self.seed = seed
         self.epoch = 0
@@ -39,12 +55,16 @@ class TileDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int):
-        image = (np.asarray(self.images[self.ids[i]], dtype=np.float32) - self.mean) * self.inv_std
-        mask = np.asarray(self.masks[self.label_rows[i]])
+        image = normalise(self.images[self.ids[i]][None], self.meta)[0]
+        label = np.asarray(self.labels[self.rows[i]])
+        if self.tag_mode:
+            mask, tags = np.full((self.size, self.size), IGNORE, dtype=np.uint8), torch.from_numpy(label.astype(np.float32))
+        else:
+            mask, tags = label, torch.zeros(0)
         if self.augment == "d4":
             g = int(np.random.default_rng((self.seed, self.epoch, int(self.ids[i]))).integers(8))
             image, mask = d4_numpy(image, g), d4_numpy(mask, g)
-        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(mask.astype(np.int64))
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(mask.astype(np.int64)), tags
 
 
 def normalise(images: np.ndarray, meta: dict) -> np.ndarray:

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from eqseg import tracking
 from eqseg.config import Params, stable_hash
 from eqseg.data.dataset import TileDataset
 from eqseg.errors import EqsegError
 from eqseg.evaluate.inference import confusion_on, save_model
-from eqseg.evaluate.metrics import IGNORE, scores
+from eqseg.evaluate.metrics import scores
+from eqseg.losses import build_loss
 from eqseg.models import build, count_macs, count_parameters
 from eqseg.tiling.store import TileStore
 from eqseg.train.runtime import autocast, resolve_device, seed_everything, set_threads
@@ -43,22 +43,27 @@ def select_train_ids(store: TileStore, max_tiles: int | None, seed: int) -> np.n
     return ids
 
 
-def make_loader(ds: TileDataset, batch_size: int, epoch: int, seed: int, num_workers: int, pin: bool) -> DataLoader:
+def make_loader(
+    ds: TileDataset, batch_size: int, epoch: int, seed: int, num_workers: int, pin: bool, tiles_per_epoch: int | None = None
+) -> DataLoader:
+    """Shuffled batches for one epoch, seeded by (seed, epoch); `tiles_per_epoch` cycles small train sets."""
     ds.set_epoch(epoch)
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    sampler = RandomSampler(ds, num_samples=tiles_per_epoch or len(ds), generator=g)
     return DataLoader(
-        ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=num_workers,
-        drop_last=len(ds) > batch_size, pin_memory=pin,
+        ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        drop_last=len(sampler) > batch_size, pin_memory=pin,
     )
 
 
-def train_one_epoch(model, loader, optimiser, scaler, device, amp: bool) -> float:
+def train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp: bool, generator: torch.Generator) -> float:
     model.train()
     total, batches = 0.0, 0
-    for x, y in loader:
+    for x, y, tags in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        tags = tags.to(device) if tags.numel() else None
         with autocast(device, amp):
-            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE)
+            loss = loss_fn(model(x), y, tags=tags, model=model, x=x, generator=generator)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
@@ -68,7 +73,16 @@ def train_one_epoch(model, loader, optimiser, scaler, device, amp: bool) -> floa
     return total / max(batches, 1)
 
 
-def train(params: Params, dataset: str, model_name: str, supervision: str, seed: int, tiles: Path, out: Path) -> dict:
+def load_labels(labels_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The output of `eqseg weak`: labels (memory-mapped), the tile ids of its rows, the quality record."""
+    for f in ("labels.npy", "ids.npy", "quality.json"):
+        if not (labels_dir / f).is_file():
+            raise EqsegError(f"{labels_dir}: missing {f}; run `eqseg weak` first")
+    return (np.load(labels_dir / "labels.npy", mmap_mode="r"), np.load(labels_dir / "ids.npy"),
+            json.loads((labels_dir / "quality.json").read_text()))
+
+
+def train(params: Params, dataset: str, model_name: str, supervision: str, seed: int, tiles: Path, labels_dir: Path, out: Path) -> dict:
     """Train one grid cell; write model.pt, history.csv, config.json, run.json and curves.png into `out`."""
     cfg = params.train
     store = TileStore(tiles)
@@ -88,9 +102,13 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
 
     train_ids = select_train_ids(store, cfg.max_train_tiles, seed)
     val_ids = store.ids("val")
-    ds = TileDataset(store, train_ids, augment=cfg.augment, seed=seed)
+    labels, label_ids, quality = load_labels(labels_dir)
+    ds = TileDataset(store, train_ids, augment=cfg.augment, seed=seed, labels=labels, label_ids=label_ids)
+    loss_spec = params.loss_spec(supervision)
+    loss_fn = build_loss(loss_spec)
     run_config = dict(
-        dataset=dataset, model=model_name, supervision=supervision, seed=seed, model_options=options,
+        dataset=dataset, model=model_name, supervision=supervision, seed=seed, model_options=options, loss=loss_spec,
+        weak=params.weak.model_dump() if supervision != "full" else None,
         train=cfg.model_dump(), tile=dict(size=meta["tile_size"], overlap=meta["overlap"]), n_train_tiles=len(train_ids),
         n_val_tiles=len(val_ids), tiles=str(tiles),
     )
@@ -120,11 +138,14 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     state["run_id"] = run.info.run_id
     if state["epoch"] == 0:
         tracking.log_params(run_config | {"n_params": n_params, "macs_per_tile": macs, "device": str(device)})
+        tracking.log_metrics(weak_metrics(quality))
+        tracking.log_artifacts([labels_dir / "quality.json"], subdir="labels")
     try:
         for epoch in range(state["epoch"], cfg.epochs):
             t0 = time.perf_counter()
-            loader = make_loader(ds, cfg.batch_size, epoch, seed, cfg.num_workers, device.type == "cuda")
-            loss = train_one_epoch(model, loader, optimiser, scaler, device, amp)
+            loader = make_loader(ds, cfg.batch_size, epoch, seed, cfg.num_workers, device.type == "cuda", cfg.tiles_per_epoch)
+            gen = torch.Generator().manual_seed(seed * 100_003 + epoch)  # CPU: draws which D4 element to test
+            loss = train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp, gen)
             scheduler.step()
             val = scores(confusion_on(model, store, val_ids, params.evaluate.batch_size, device, amp), meta["classes"]) if len(val_ids) else {}
             row = dict(epoch=epoch + 1, train_loss=loss, val_miou=val.get("miou_macro", float("nan")),
@@ -162,6 +183,15 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     tracking.end_run()
     ckpt_file.unlink(missing_ok=True)
     return summary
+
+
+def weak_metrics(quality: dict) -> dict[str, float]:
+    """The label-quality record as MLflow metrics (labels_*; after expansion labels_expanded_*)."""
+    out = {f"labels_{k}": quality.get(k) for k in ("labelled_fraction", "precision")}
+    out["labels_effort_per_tile"] = (quality.get("effort") or {}).get("per_tile")
+    for k in ("labelled_fraction", "precision"):
+        out[f"labels_expanded_{k}"] = (quality.get("expansion") or {}).get(k)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def run_config_title(c: dict) -> str:
