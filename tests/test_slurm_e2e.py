@@ -1,0 +1,41 @@
+"""The smoke pipeline through Snakemake's SLURM executor on a real single-node SLURM cluster, with the repo's profile."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import copy_repo, tool_env
+from slurm import cluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(cluster.available() is not None, reason=str(cluster.available()))]
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slurm")
+    env = cluster.start(folder)
+    yield env
+    cluster.stop(folder)
+
+
+def test_snakemake_slurm_profile_runs_the_chain(slurm_env, tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    env = tool_env() | slurm_env
+    cmd = [
+        "timeout", "-k", "10", "540", "snakemake", "--profile", "workflow/profiles/slurm",
+        "--configfile", "tests/smoke/params.yaml", "--jobs", "2",
+        "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+        "--default-resources", "mem_mb=1000", "runtime=10", "cpus_per_task=1",
+        "--set-resources", "train:cpus_per_task=1",
+    ]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    log = proc.stdout + proc.stderr
+    metrics = json.loads((repo / "results/eval/cpm15/unet/full/seed0/metrics.json").read_text())
+    assert 0 < metrics["miou_macro"] <= 1
+    assert (repo / "results/report/report.md").is_file()
+    # every job really went through sbatch (tile x2, train x2, evaluate x2, report)
+    assert log.count("has been submitted with SLURM jobid") >= 7, log[-3000:]
