@@ -1,0 +1,5 @@
+"""`python -m eqseg` runs the CLI."""
+
+from eqseg.cli import main
+
+main()
