@@ -21,6 +21,7 @@ include: "workflow/rules/tile.smk"
 include: "workflow/rules/weak.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/digits.smk"
 include: "workflow/rules/report.smk"
 
 

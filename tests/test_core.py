@@ -67,7 +67,7 @@ def test_default_and_smoke_params_are_valid(root):
 def test_tile_size_must_suit_model_depth(root):
     raw = yaml.safe_load((root / "tests/smoke/params.yaml").read_text())
     raw["tile"]["size"] = 66
-    with pytest.raises(EqsegError, match=r"tile.size \(66\) must be a multiple of 2\*\*depth = 4"):
+    with pytest.raises(EqsegError, match=r"tile.size \(66\) must be a multiple of 4 for model .unet."):
         parse_params(raw)
 
 

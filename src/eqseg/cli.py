@@ -113,6 +113,34 @@ def evaluate(params_path, model_dir, tiles, out) -> None:
 
 @cli.command()
 @params_option
+@click.option("--model", "model_name", type=click.Choice(["cnn", "p4cnn"]), required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+def digits(params_path: Path, model_name: str, seed: int, out: Path) -> None:
+    """Rotated-digits check: train on upright MNIST digits, test upright and rotated (metrics.json, MLflow run)."""
+    import torch
+
+    from eqseg import tracking
+    from eqseg.digits import run
+    from eqseg.utils.atomic import atomic_dir
+
+    p = _load(params_path)
+    cfg = p.digits
+    torch.set_num_threads(cfg.threads)
+    with atomic_dir(out) as tmp:
+        metrics = run(tmp, model=model_name, epochs=cfg.epochs, seed=seed, n_train=cfg.n_train, device=cfg.device)
+    tracking.start_run(p.mlflow, None, run_name=f"digits/{model_name}/seed{seed}", tags={
+        "stage": "digits", "dataset": "mnist5k", "model": model_name, "seed": str(seed), "git_commit": tracking.git_commit()})
+    tracking.log_params({"digits": cfg.model_dump(exclude={"models", "seeds"}), "model": model_name, "seed": seed})
+    tracking.log_metrics({k: v for k, v in metrics.items() if k.startswith(("acc_", "n_params"))})
+    tracking.log_artifacts([out / "metrics.json"])
+    tracking.end_run()
+    accs = ", ".join(f"{k[4:]} {v:.3f}" for k, v in metrics.items() if k.startswith("acc_"))
+    click.echo(f"digits {model_name} seed {seed}: {accs}")
+
+
+@cli.command()
+@params_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/report"), show_default=True)
 def report(params_path: Path, out: Path) -> None:
     """Collect the grid's test metrics into one table (report.md, summary.csv, cells.csv) and a plot."""

@@ -7,3 +7,4 @@ EVAL = "results/eval/{dataset}/{model}/{supervision}/seed{seed}"
 EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "predictions.png")
 REPORT = "results/report"
 REPORT_FILES = ("report.md", "summary.csv", "cells.csv", "miou.png")
+DIGITS = "results/digits/{model}/seed{seed}"

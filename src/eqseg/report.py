@@ -89,12 +89,31 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def digits_table(params: Params, root: Path = Path(".")) -> str:
+    """Markdown table of the rotated-digits check: accuracy per test condition, per model (mean over seeds)."""
+    rows = []
+    for m in params.digits.models:
+        for seed in params.digits.seeds:
+            f = root / paths.DIGITS.format(model=m, seed=seed) / "metrics.json"
+            if not f.is_file():
+                raise EqsegError(f"{f}: missing; run `eqseg digits --model {m} --seed {seed}` first")
+            rows.append(json.loads(f.read_text()))
+    df = pd.DataFrame(rows).groupby("model", sort=False).mean(numeric_only=True).reset_index()
+    conds = [c for c in df.columns if c.startswith("acc_")]
+    lines = ["| model | params | " + " | ".join(c[4:] for c in conds) + " |", "|---|---|" + "---|" * len(conds)]
+    for r in df.to_dict("records"):
+        lines.append(f"| {r['model']} | {int(r['n_params']):,} | " + " | ".join(f"{r[c]:.3f}" for c in conds) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(params: Params, out: Path) -> pd.DataFrame:
     table = collect(params)
     summary = summarise(table)
+    text = "# eqseg report\n\n## Segmentation\n\nTest split, mean over seeds.\n\n" + to_markdown(summary)
+    text += "\n## Rotated digits\n\nTrained on upright MNIST digits; accuracy on the test digits as rotated.\n\n" + digits_table(params)
     with atomic_dir(out) as tmp:
         table.to_csv(tmp / "cells.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
-        (tmp / "report.md").write_text("# eqseg report\n\nTest split, mean over seeds.\n\n" + to_markdown(summary))
+        (tmp / "report.md").write_text(text)
         plot(summary, tmp / "miou.png")
     return summary

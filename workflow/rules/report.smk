@@ -1,6 +1,7 @@
 rule report:
     input:
         grid_outputs(paths.EVAL + "/metrics.json"),
+        [paths.DIGITS.format(model=m, seed=s) + "/metrics.json" for m in P.digits.models for s in P.digits.seeds],
     output:
         [f"{paths.REPORT}/{name}" for name in paths.REPORT_FILES],
     log:

@@ -25,7 +25,7 @@ def _load_builtin() -> None:
     # Imported for their @register side effect; kept lazy so `import eqseg.models` stays cheap.
     from eqseg.models import unet  # noqa: F401
 
-    for optional in ("eqseg.models.gunet", "eqseg.models.gridnet"):
+    for optional in ("eqseg.models.gunet", "eqseg.models.gridnet", "eqseg.models.steerable"):
         try:
             __import__(optional)
         except ModuleNotFoundError as err:
@@ -46,6 +46,12 @@ def build(name: str, in_channels: int, num_classes: int, **options) -> torch.nn.
         return _REGISTRY[name](in_channels, num_classes, **options)
     except TypeError as err:
         raise EqsegError(f"models.{name}: bad option ({err})") from None
+
+
+def tile_multiple(name: str, options: dict) -> int:
+    """The number tile sides must be a multiple of for this model (2**depth for U-Nets, 2**(rows-1) for GridNet)."""
+    model = build(name, 1, 2, **options)
+    return int(getattr(model, "tile_multiple", 1))
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -36,7 +36,7 @@ class UNet(nn.Module):
         super().__init__()
         if depth < 1 or width < 1:
             raise EqsegError(f"unet: depth and width must be >= 1 (got depth={depth}, width={width})")
-        self.depth = depth
+        self.depth, self.tile_multiple = depth, 2**depth
         chans = [width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList([double_conv(in_channels, chans[0])])
         self.down.extend(double_conv(chans[i], chans[i + 1]) for i in range(depth))

@@ -94,8 +94,8 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     seed_everything(seed)
 
     model = build(model_name, meta["bands"], meta["num_classes"], **options).to(device)
-    if meta["tile_size"] % 2 ** int(options.get("depth", 0)):
-        raise EqsegError(f"tile size {meta['tile_size']} of {tiles} is not a multiple of 2**depth for model {model_name}")
+    if meta["tile_size"] % getattr(model, "tile_multiple", 1):
+        raise EqsegError(f"tile size {meta['tile_size']} of {tiles} is not a multiple of {model.tile_multiple} for model {model_name}")
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)

@@ -1,0 +1,289 @@
+"""Group-equivariant layers for p4 and p4m (Cohen & Welling 2016), each exportable to plain torch.nn.
+
+Tensor layout: flat regular fields (B, F*|G|, H, W), channel f*|G| + g (see `groups`). A group convolution is ONE
+`F.conv2d` whose filter bank (O*|G|, C*|G_in|, k, k) is gathered from a single weight (O, C*|G_in|, k, k) with a
+precomputed index (|G_in| = 1 when lifting): for output element h the filter is T_h applied spatially to the
+weight with its group axis permuted by h^-1. The gather is one `index_select`, cheap next to the convolution; in
+eval mode without autograd the bank is cached and rebuilt only when the weight changes (its version counter,
+storage, dtype or device) and dropped on `.train()`.
+
+Every module here has `check_equivariance` and `export` (a plain torch.nn module with the same outputs in eval
+mode, for deployment and for timing against ordinary networks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from eqseg.errors import EqsegError
+from eqseg.models.groups import Group, Rep, equivariance_errors
+
+
+class GModule(nn.Module):
+    """Mixin: an equivariant module knows its group, its input/output field types and how to check itself."""
+
+    group: Group
+    in_rep: Rep
+    out_rep: Rep
+    in_channels: int  # raw channels of the input tensor
+    tile_multiple: int = 1  # inputs must be multiples of this (pooling) for exact equivariance
+
+    def example_input(self, batch: int = 2) -> torch.Tensor:
+        size = 4 * self.tile_multiple
+        param = next(self.parameters(), None)
+        dtype = param.dtype if param is not None else torch.get_default_dtype()
+        device = param.device if param is not None else None
+        return torch.randn(batch, self.in_channels, size, size, dtype=dtype, device=device)
+
+    def check_equivariance(self, x: torch.Tensor | None = None, atol: float | None = None) -> dict[str, float]:
+        """Relative error per group element; with `atol`, raise EqsegError if any error exceeds it."""
+        x = self.example_input() if x is None else x
+        errors = equivariance_errors(self, x, self.group, self.in_rep, self.out_rep)
+        worst = max(errors, key=errors.get)
+        if atol is not None and errors[worst] > atol:
+            raise EqsegError(
+                f"{type(self).__name__} is not {self.group.name}-equivariant: "
+                f"relative error {errors[worst]:.2e} > {atol:.0e} for element {worst}"
+            )
+        return errors
+
+    def export(self) -> nn.Module:
+        """Plain torch.nn layers (plus the one-line `GroupMax`), in eval mode, with this module's eval-mode
+        outputs; for inference only: a plain BatchNorm2d in train mode would not share statistics over the group."""
+        raise NotImplementedError
+
+
+def _filter_index(group: Group, in_order: int, kernel_size: int) -> torch.Tensor:
+    """Index (|G|, in_order*k*k) into a weight flattened over (group, y, x): row h gathers T_h(W[h^-1 h'])."""
+    kk = kernel_size * kernel_size
+    spatial = torch.arange(kk, device="cpu").view(kernel_size, kernel_size)
+    rows = []
+    for h in range(group.order):
+        source = group.transform(spatial, h).reshape(-1)  # T_h(W)[p] = W[source[p]]
+        perm = [0] if in_order == 1 else group.regular_permutation(h)  # h^-1 h' for input element h'
+        rows.append(torch.cat([p * kk + source for p in perm]))
+    return torch.stack(rows)
+
+
+def _bank_index(index: torch.Tensor, out_fields: int, in_channels: int, device: torch.device) -> torch.Tensor:
+    """Flat int32 index into the flattened weight giving the filter bank in its final layout.
+
+    One `index_select` then yields the bank with no transpose copy, and its backward is an `index_add_`; both
+    measured several times faster than gathering per element and permuting. int32 halves the index's memory.
+    """
+    n_out, n = index.shape
+    o = torch.arange(out_fields, device=device).view(-1, 1, 1, 1) * (in_channels * n)
+    c = torch.arange(in_channels, device=device).view(1, 1, -1, 1) * n
+    return (o + c + index.to(device).view(1, n_out, 1, n)).reshape(-1).to(torch.int32)
+
+
+class _GroupConvBase(GModule):
+    """Shared filter-bank construction and eval-mode caching for lifting and group convolutions."""
+
+    def __init__(self, group: Group, in_channels: int, out_fields: int, in_order: int, kernel_size: int,
+                 padding: int | None, bias: bool):
+        super().__init__()
+        self.group, self.out_fields, self.kernel_size = group, out_fields, kernel_size
+        self.in_channels = in_channels * in_order
+        self.padding = kernel_size // 2 if padding is None else padding
+        # 4-d (O, C*|G_in|, k, k) like nn.Conv2d's, so that model.to(memory_format=torch.channels_last) works
+        self.weight = nn.Parameter(torch.empty(out_fields, in_channels * in_order, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_fields)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv2d's default, fan-in of the built bank
+        index = _bank_index(_filter_index(group, in_order, kernel_size), out_fields, in_channels, self.weight.device)
+        self.register_buffer("index", index, persistent=False)
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    def build_filters(self) -> torch.Tensor:
+        """The (O*|G|, C*|G_in|, k, k) filter bank, gathered in one op."""
+        o, c, k, _ = self.weight.shape
+        bank = torch.index_select(self.weight.reshape(-1), 0, self.index)
+        return bank.view(o * self.group.order, c, k, k)
+
+    def filters(self) -> torch.Tensor:
+        w = self.weight
+        if self.training or (torch.is_grad_enabled() and w.requires_grad):
+            return self.build_filters()
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.build_filters())
+        return self._cache[1]
+
+    def expanded_bias(self) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.repeat_interleave(self.group.order)
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.filters(), self.expanded_bias(), padding=self.padding)
+
+    def export(self) -> nn.Conv2d:
+        w = self.build_filters().detach()
+        conv = nn.Conv2d(w.shape[1], w.shape[0], self.kernel_size, padding=self.padding, bias=self.bias is not None,
+                         device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            if self.bias is not None:
+                conv.bias.copy_(self.expanded_bias())
+        return conv
+
+
+class LiftingConv(_GroupConvBase):
+    """Image (trivial fields) -> regular fields: correlate with every transformed copy of each filter."""
+
+    in_rep, out_rep = "trivial", "regular"
+
+    def __init__(self, group: Group, in_channels: int, out_fields: int, kernel_size: int = 3,
+                 padding: int | None = None, bias: bool = False):
+        super().__init__(group, in_channels, out_fields, 1, kernel_size, padding, bias)
+
+
+class GroupConv(_GroupConvBase):
+    """Regular fields -> regular fields (group correlation on G x Z^2)."""
+
+    in_rep, out_rep = "regular", "regular"
+
+    def __init__(self, group: Group, in_fields: int, out_fields: int, kernel_size: int = 3,
+                 padding: int | None = None, bias: bool = False):
+        super().__init__(group, in_fields, out_fields, group.order, kernel_size, padding, bias)
+
+
+class GBatchNorm(GModule, nn.BatchNorm2d):
+    """Batch norm with one mean/variance/affine per field, shared over the group axis (else it breaks equivariance)."""
+
+    in_rep = out_rep = "regular"
+
+    def __init__(self, group: Group, fields: int, **options):
+        nn.BatchNorm2d.__init__(self, fields, **options)
+        self.group, self.in_channels = group, fields * group.order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape  # a (B, F, |G|*H, W) view: per-field statistics over batch, group and space
+        return super().forward(x.reshape(b, self.num_features, -1, w)).view(b, c, h, w)
+
+    def export(self) -> nn.BatchNorm2d:
+        n = self.group.order
+        bn = nn.BatchNorm2d(self.num_features * n, eps=self.eps, momentum=self.momentum, affine=self.affine,
+                            device=self.running_mean.device, dtype=self.running_mean.dtype)
+        with torch.no_grad():
+            bn.running_mean.copy_(self.running_mean.repeat_interleave(n))
+            bn.running_var.copy_(self.running_var.repeat_interleave(n))
+            bn.num_batches_tracked.copy_(self.num_batches_tracked)
+            if self.affine:
+                bn.weight.copy_(self.weight.repeat_interleave(n))
+                bn.bias.copy_(self.bias.repeat_interleave(n))
+        return bn.eval()
+
+
+class GReLU(GModule, nn.ReLU):
+    """Pointwise non-linearity: acts on values only, so it commutes with any permutation of pixels and channels."""
+
+    in_rep = out_rep = "regular"
+
+    def __init__(self, group: Group, fields: int, inplace: bool = False):
+        nn.ReLU.__init__(self, inplace)
+        self.group, self.in_channels = group, fields * group.order
+
+    def export(self) -> nn.ReLU:
+        return nn.ReLU(inplace=True)  # after a plain BatchNorm2d there is no view: in place is safe, as in unet
+
+
+class GMaxPool2d(GModule, nn.MaxPool2d):
+    """Spatial 2x2 max pooling; exact on even sizes, where the 2x2 windows map onto each other under T_g."""
+
+    in_rep = out_rep = "regular"
+    tile_multiple = 2
+
+    def __init__(self, group: Group, fields: int):
+        nn.MaxPool2d.__init__(self, 2)
+        self.group, self.in_channels = group, fields * group.order
+
+    def export(self) -> nn.MaxPool2d:
+        return nn.MaxPool2d(2)
+
+
+class GUpsample(GModule, nn.Upsample):
+    """Bilinear x2 upsampling with align_corners=False: its sample positions are symmetric about the centre."""
+
+    in_rep = out_rep = "regular"
+
+    def __init__(self, group: Group, fields: int):
+        nn.Upsample.__init__(self, scale_factor=2, mode="bilinear", align_corners=False)
+        self.group, self.in_channels = group, fields * group.order
+
+    def export(self) -> nn.Upsample:
+        return nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class GroupMax(nn.Module):
+    """Plain max over the group axis of flat regular fields, what GroupMaxPool exports to: the all-torch.nn
+    alternative, Unflatten + MaxPool3d((|G|, 1, 1)), measured 30x slower than `amax` on CPU."""
+
+    def __init__(self, order: int):
+        super().__init__()
+        self.order = order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.reshape(b, c // self.order, self.order, h, w).amax(dim=2)
+
+
+class GroupMaxPool(GModule, GroupMax):
+    """Regular -> trivial fields: max over the group gives per-pixel invariants that move with the image."""
+
+    in_rep, out_rep = "regular", "trivial"
+
+    def __init__(self, group: Group, fields: int):
+        GroupMax.__init__(self, group.order)
+        self.group, self.in_channels = group, fields * group.order
+
+    def export(self) -> GroupMax:
+        return GroupMax(self.order)
+
+
+class InvariantConv1x1(GModule, nn.Conv2d):
+    """1x1 convolution between trivial fields (e.g. to class logits): it commutes with every pixel permutation."""
+
+    in_rep = out_rep = "trivial"
+
+    def __init__(self, group: Group, in_channels: int, out_channels: int, bias: bool = True):
+        nn.Conv2d.__init__(self, in_channels, out_channels, 1, bias=bias)
+        self.group = group
+
+    def export(self) -> nn.Conv2d:
+        conv = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=self.bias is not None,
+                         device=self.weight.device, dtype=self.weight.dtype)
+        conv.load_state_dict(self.state_dict())
+        return conv
+
+
+class GSequential(GModule, nn.Sequential):
+    """A chain of equivariant modules; field types come from its ends."""
+
+    def __init__(self, *modules: GModule):
+        nn.Sequential.__init__(self, *modules)  # also takes the OrderedDict that slicing passes
+        first, last = self[0], self[-1]
+        self.group, self.in_rep, self.out_rep, self.in_channels = first.group, first.in_rep, last.out_rep, first.in_channels
+        self.tile_multiple = math.lcm(*(m.tile_multiple for m in self))
+
+    def export(self) -> nn.Sequential:
+        return nn.Sequential(*(m.export() for m in self)).eval()
+
+
+def double_conv(group: Group, in_channels: int, out_fields: int, lifting: bool = False) -> GSequential:
+    """The equivariant twin of `unet.double_conv`: (conv 3x3, BN, ReLU) x 2; exports to the same layout.
+
+    ReLUs are not in place: GBatchNorm returns a view, and an in-place op on a view makes autograd copy the
+    gradient back (CopySlices), measured 6 % slower per training step.
+    """
+    first = (LiftingConv if lifting else GroupConv)(group, in_channels, out_fields)
+    return GSequential(
+        first, GBatchNorm(group, out_fields), GReLU(group, out_fields),
+        GroupConv(group, out_fields, out_fields), GBatchNorm(group, out_fields), GReLU(group, out_fields),
+    )
