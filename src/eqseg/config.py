@@ -159,12 +159,24 @@ class PredictConfig(_Strict):
     probabilities: Literal["none", "uint8", "float32"] = Field("none", description="also write class probabilities")
     batch_size: int = Field(8, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
 
     @model_validator(mode="after")
     def _overlap_below_window(self):
         if self.window is not None and self.overlap * 2 >= self.window:
             raise ValueError(f"overlap ({self.overlap}) must be less than half the window ({self.window})")
         return self
+
+
+class DigitsConfig(_Strict):
+    """The rotated-digits check (Cohen & Welling 2016): CNN vs P4CNN on upright MNIST, tested rotated."""
+
+    models: list[Literal["cnn", "p4cnn"]] = ["cnn", "p4cnn"]
+    seeds: list[int] = [0]
+    epochs: int = Field(6, gt=0)
+    n_train: int = Field(4000, gt=0, le=4000)
+    threads: int = Field(1, gt=0, description="fixed, so that results are reproducible bit for bit")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class MlflowConfig(_Strict):
@@ -223,6 +235,7 @@ class Params(_Strict):
     weak: WeakConfig = WeakConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    digits: DigitsConfig = DigitsConfig()
     predict: PredictConfig = PredictConfig()
     mlflow: MlflowConfig = MlflowConfig()
     grid: GridConfig
@@ -255,10 +268,15 @@ class Params(_Strict):
         for method in self.weak.expansion_options:
             if method not in METHODS:
                 raise ValueError(f"weak.expansion_options: unknown method {method!r} (allowed: {', '.join(METHODS)})")
+        from eqseg.models import tile_multiple
+
         for name in self.grid.models:
-            depth = int(self.models[name].get("depth", 0))
-            if self.tile.size % (2**depth):
-                raise ValueError(f"tile.size ({self.tile.size}) must be a multiple of 2**depth = {2**depth} of model {name!r}")
+            try:
+                multiple = tile_multiple(name, self.models[name])
+            except EqsegError as err:
+                raise ValueError(str(err)) from None
+            if self.tile.size % multiple:
+                raise ValueError(f"tile.size ({self.tile.size}) must be a multiple of {multiple} for model {name!r} (2**depth)")
         return self
 
     def loss_spec(self, supervision: str) -> dict[str, Any]:
