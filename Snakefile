@@ -21,6 +21,7 @@ include: "workflow/rules/tile.smk"
 include: "workflow/rules/weak.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/predict.smk"
 include: "workflow/rules/digits.smk"
 include: "workflow/rules/report.smk"
 
@@ -28,3 +29,4 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         rules.report.output,
+        grid_outputs(paths.PREDICT),

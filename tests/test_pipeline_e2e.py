@@ -21,7 +21,7 @@ def outputs(repo: Path) -> set[str]:
     skip = {".snakemake_timestamp", ".gitignore"}
     return {
         str(p.relative_to(repo))
-        for sub in ("tiles", "weak", "models", "eval", "digits", "report")
+        for sub in ("tiles", "weak", "models", "eval", "predict", "digits", "report")
         for p in (repo / "results" / sub).rglob("*")
         if p.is_file() and p.name not in skip
     }

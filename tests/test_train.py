@@ -17,6 +17,7 @@ from conftest import BIN, tool_env
 from eqseg.config import load_params
 from eqseg.tiling.store import build_tile_store
 from eqseg.train.loop import checkpoint_path
+from eqseg.weak.stage import make_weak_stage
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,13 @@ def small_setup(tmp_path_factory, root):
     (tmp / "params.yaml").write_text(yaml.safe_dump(p))
     params = load_params(tmp / "params.yaml")
     build_tile_store("cpm15", params.dataset("cpm15"), params.tile, tmp / "tiles")
+    make_weak_stage(params, "cpm15", "full", tmp / "tiles", tmp / "labels")
     return tmp
 
 
 def train_cmd(tmp: Path, out: Path) -> list[str]:
     return [str(BIN / "eqseg"), "train", "--params", str(tmp / "params.yaml"), "--dataset", "cpm15", "--model", "unet",
-            "--seed", "3", "--tiles", str(tmp / "tiles"), "--out", str(out)]
+            "--seed", "3", "--tiles", str(tmp / "tiles"), "--labels", str(tmp / "labels"), "--out", str(out)]
 
 
 def weights(model_dir: Path) -> dict:

@@ -168,6 +168,21 @@ def predict(params_path, model_dir, dataset, source_name, raster, tiles, out, me
                f"of {m['timing']['total_seconds']:.1f}s")
 
 
+@cli.command("predict-dataset")
+@params_option
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--dataset", required=True)
+@click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), help="Default: results/tiles/DATASET.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder of {source}.tif.")
+def predict_dataset(params_path, model_dir, dataset, tiles, out) -> None:
+    """Predict every test source of a dataset (every scene when split by block) as stitched GeoTIFFs, and score them."""
+    from eqseg.predict.run import predict_dataset as run
+
+    r = run(_load(params_path), model_dir, dataset, tiles or Path("results/tiles") / dataset, out)
+    scene = r["pooled"].get("scene", {}).get("miou_macro", float("nan"))
+    click.echo(f"{out}: {len(r['sources'])} sources, scene mIoU {scene:.4f}")
+
+
 @cli.command("make-slide")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--masks", type=click.Path(file_okay=False, path_type=Path), required=True)

@@ -8,3 +8,4 @@ EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "predictions.png
 REPORT = "results/report"
 REPORT_FILES = ("report.md", "summary.csv", "cells.csv", "miou.png")
 DIGITS = "results/digits/{model}/seed{seed}"
+PREDICT = "results/predict/{dataset}/{model}/{supervision}/seed{seed}"

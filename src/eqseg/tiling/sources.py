@@ -1,13 +1,15 @@
 """Readers of labelled sources: a GeoTIFF scene with vector labels, or an image/mask pair.
 
-Each source reads one padded tile at a time (never the whole raster): the pixels of [row, row_end) x
+Each source hands out one padded tile at a time (never reading the whole raster): the pixels of [row, row_end) x
 [col, col_end) inside the tile, the rest padding. It returns the image (C, S, S), the mask (S, S, uint8 class
-ids, 255 = no label: padding, nodata, or unknown) and the fraction of valid pixels.
+ids, 255 = no label: padding, nodata, or unknown), the fraction of valid pixels and the valid pixels themselves.
+Whole-slide images have their own source in eqseg.slides.source, with the same interface.
 """
 
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import numpy as np
 import rasterio
 import rasterio.features
 import rasterio.windows
+import shapely
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
 from shapely.geometry import box
 
@@ -29,6 +33,7 @@ class TileRead:
     image: np.ndarray
     mask: np.ndarray
     valid_fraction: float
+    valid: np.ndarray | None = None  # (S, S) bool: inside the source and not nodata; None: as the valid fraction says
 
 
 def _require_file(path: Path, what: str) -> None:
@@ -39,9 +44,44 @@ def _require_file(path: Path, what: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- GeoTIFF + vectors
+STRIP_BYTES = 256 * 2**20  # most pixel bytes one cached strip may hold; wider rasters are read in column chunks
+GDAL_CACHE_BYTES = 32 * 2**20  # GDAL's block cache while reading strips: whole blocks are read once, caching them
+# would only grow the process (by default GDAL keeps up to 5 % of the machine's memory)
+
+
+@dataclass
+class Strip:
+    """A block-aligned window read once (pixels, validity and rasterised labels), from which tiles are cut."""
+
+    row0: int
+    col0: int
+    data: np.ndarray  # (C, h, w)
+    valid: np.ndarray  # (h, w) bool
+    labels: np.ndarray  # (h, w) uint8
+
+    def covers(self, row: int, col: int, height: int, width: int) -> bool:
+        h, w = self.valid.shape
+        return self.row0 <= row and row + height <= self.row0 + h and self.col0 <= col and col + width <= self.col0 + w
+
+    @property
+    def row1(self) -> int:
+        return self.row0 + self.valid.shape[0]
+
+
+def aligned_span(start: int, stop: int, block: int, limit: int) -> tuple[int, int]:
+    """[start, stop) widened outwards to whole blocks, clipped to [0, limit)."""
+    return (start // block) * block, min(limit, -(-stop // block) * block)
+
+
 @dataclass
 class GeoSource:
-    """A georeferenced raster; labels are vector shapes already reprojected to its CRS, rasterised per tile."""
+    """A georeferenced raster; labels are vector shapes already reprojected to its CRS, rasterised per strip.
+
+    Tiles are cut from strips aligned to the file's internal blocks and as wide as the raster (or as wide as
+    STRIP_BYTES allows): each block is decoded once when tiles are requested row by row, and the raster is never
+    held whole. While tiles are cut from one strip, a thread already reads the next one (GDAL decodes without the
+    GIL), so decoding overlaps the work on tiles. NaN pixels of float rasters count as nodata.
+    """
 
     path: Path
     shapes: list = field(repr=False)  # (geometry, class id) pairs in the raster's CRS
@@ -49,72 +89,132 @@ class GeoSource:
 
     def __post_init__(self):
         self.name = self.path.stem
-        self._ds = open_raster(self.path)
+        self._ds = open_raster(self.path, NUM_THREADS="ALL_CPUS")
         self.height, self.width, self.bands = self._ds.height, self._ds.width, self._ds.count
         self.dtype = np.dtype(self._ds.dtypes[0])
         self.crs = self._ds.crs
         self.transform = self._ds.transform
+        self.block_shape = self._ds.block_shapes[0]
+        flags = [set(f) for f in self._ds.mask_flag_enums]
+        self._mask_band = any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
+        self._all_valid = all(f == {MaskFlags.all_valid} for f in flags) and not np.issubdtype(self.dtype, np.floating)
+        self._strip: Strip | None = None
+        self._next: Future | None = None  # the strip the next row of tiles will need, being read
+        self._last_row: int | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        if not self._all_valid and self._ds.overviews(1):  # before any thread reads: a dataset is not thread-safe
+            self._step = max(1, min(self.height, self.width) // 512)
+            shape = (max(1, self.height // self._step), max(1, self.width // self._step))
+            self._coarse = self._ds.dataset_mask(out_shape=shape) > 0
         geoms = [g for g, _ in self.shapes]
         from shapely import STRtree
 
         self._tree = STRtree(geoms) if geoms else None
 
     def footprint(self, row: int, col: int, height: int, width: int):
-        left, bottom, right, top = rasterio.windows.bounds(rasterio.windows.Window(col, row, width, height), self.transform)
-        return box(left, bottom, right, top)
+        x0, y0 = self.transform @ (col, row)
+        x1, y1 = self.transform @ (col + width, row + height)
+        return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
     def has_valid_pixels(self, row: int, col: int, height: int, width: int) -> bool:
-        """Whether a region holds any valid pixel, judged on a decimated dataset mask (cheap for whole blocks)."""
+        """Whether a region may hold a valid pixel: judged on a decimated mask only where that is cheap (overviews);
+        otherwise True, and reading the tile decides."""
         if not hasattr(self, "_coarse"):
-            self._step = max(1, min(self.height, self.width) // 512)
-            shape = (max(1, self.height // self._step), max(1, self.width // self._step))
-            self._coarse = self._ds.dataset_mask(out_shape=shape) > 0
+            return True
         r0, c0 = row // self._step, col // self._step
         r1, c1 = -(-(row + height) // self._step), -(-(col + width) // self._step)
         return bool(self._coarse[r0:r1, c0:c1].any())
 
-    def read_tile(self, row: int, col: int, size: int, row_end: int, col_end: int) -> TileRead:
-        win = rasterio.windows.Window(col, row, min(size, col_end - col), min(size, row_end - row))
-        image = np.zeros((self.bands, size, size), dtype=self.dtype)
-        valid = np.zeros((size, size), dtype=bool)
-        h, w = int(win.height), int(win.width)
-        try:
-            data = self._ds.read(window=win)
-            valid_part = self._ds.dataset_mask(window=win) > 0
-        except RasterioIOError as err:
-            raise EqsegError(f"{self.path}: cannot read pixels at row {row}, col {col} (truncated or corrupt file: {err})") from None
+    def _valid(self, data: np.ndarray, win) -> np.ndarray:
+        """Valid pixels as rasterio's dataset mask defines them (a pixel is nodata only where every band is)."""
+        if self._mask_band:
+            valid = self._ds.dataset_mask(window=win) > 0
+        elif any(v is not None for v in self._ds.nodatavals):
+            valid = np.zeros(data.shape[1:], dtype=bool)
+            for band, nd in zip(data, self._ds.nodatavals):
+                valid |= ~np.isnan(band) if nd is not None and np.isnan(nd) else band != nd
+        else:
+            valid = np.ones(data.shape[1:], dtype=bool)
         if np.issubdtype(data.dtype, np.floating):
-            nan = np.isnan(data).any(axis=0)
-            valid_part &= ~nan
-            data = np.where(np.isnan(data), 0, data)
-        image[:, :h, :w] = data
-        valid[:h, :w] = valid_part
-        mask = np.zeros((size, size), dtype=np.uint8)
-        if self._tree is not None:
-            footprint = self.footprint(row, col, size, size)
-            hits = self._tree.query(footprint)
-            if len(hits):
-                mask = rasterio.features.rasterize(
-                    [self.shapes[i] for i in sorted(hits)],
-                    out_shape=(size, size),
-                    transform=rasterio.windows.transform(rasterio.windows.Window(col, row, size, size), self.transform),
-                    fill=0,
-                    dtype=np.uint8,
-                    all_touched=self.all_touched,
-                )
-        mask[~valid] = IGNORE
-        return TileRead(image, mask, float(valid[:h, :w].sum()) / float(size * size))
+            valid &= ~np.isnan(data).any(axis=0)
+        return valid
+
+    def _read_strip(self, row: int, col: int, height: int, width: int) -> Strip:
+        bh, bw = self.block_shape
+        r0, r1 = aligned_span(row, row + height, bh, self.height)
+        budget = max(bw, STRIP_BYTES // ((r1 - r0) * self.bands * self.dtype.itemsize) // bw * bw)
+        c0, c1 = aligned_span(col, col + width, bw, self.width)
+        c1 = min(self.width, max(c1, c0 + budget))
+        win = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+            try:
+                data = self._ds.read(window=win)
+                valid = self._valid(data, win)
+            except RasterioIOError as err:
+                raise EqsegError(f"{self.path}: cannot read pixels at row {row}, col {col} (truncated or corrupt file: {err})") from None
+            if np.issubdtype(data.dtype, np.floating):
+                data = np.nan_to_num(data, nan=0.0, copy=False)
+            labels = self._rasterise(win)
+        labels[~valid] = IGNORE
+        return Strip(r0, c0, data, valid, labels)
+
+    def _rasterise(self, win) -> np.ndarray:
+        shape = (int(win.height), int(win.width))
+        if self._tree is None:
+            return np.zeros(shape, dtype=np.uint8)
+        hits = self._tree.query(self.footprint(int(win.row_off), int(win.col_off), *shape))
+        if not len(hits):
+            return np.zeros(shape, dtype=np.uint8)
+        return rasterio.features.rasterize(
+            [self.shapes[i] for i in sorted(hits)], out_shape=shape, transform=rasterio.windows.transform(win, self.transform),
+            fill=0, dtype=np.uint8, all_touched=self.all_touched,
+        )
+
+    def read_tile(self, row: int, col: int, size: int, row_end: int, col_end: int) -> TileRead:
+        h, w = min(size, row_end - row, self.height - row), min(size, col_end - col, self.width - col)
+        if self._strip is None or not self._strip.covers(row, col, h, w):
+            self._strip = None  # free the old strip before reading the next
+            self._strip = self._take_strip(row, col, h, w)
+        self._last_row = row
+        st = self._strip
+        rs, cs = slice(row - st.row0, row - st.row0 + h), slice(col - st.col0, col - st.col0 + w)
+        if h == size and w == size:  # views into the strip: most tiles, no copy (readers must not write to them)
+            image, valid, mask = st.data[:, rs, cs], st.valid[rs, cs], st.labels[rs, cs]
+        else:
+            image = np.zeros((self.bands, size, size), dtype=self.dtype)
+            valid = np.zeros((size, size), dtype=bool)
+            mask = np.full((size, size), IGNORE, dtype=np.uint8)
+            image[:, :h, :w], valid[:h, :w], mask[:h, :w] = st.data[:, rs, cs], st.valid[rs, cs], st.labels[rs, cs]
+        return TileRead(image, mask, float(np.count_nonzero(valid)) / float(size * size), valid)
+
+    def _take_strip(self, row: int, col: int, height: int, width: int) -> Strip:
+        """The prefetched strip if it covers the request (else a fresh read); then start reading the one after,
+        guessing that rows keep advancing by the same stride."""
+        nxt, self._next = self._next, None
+        strip = nxt.result() if nxt is not None else None
+        if strip is None or not strip.covers(row, col, height, width):
+            strip = self._read_strip(row, col, height, width)
+        stride = row - self._last_row if self._last_row is not None and row > self._last_row else height
+        ahead = row + stride
+        while ahead < self.height and strip.covers(ahead, col, min(height, self.height - ahead), width):
+            ahead += stride  # rows of tiles this strip still serves
+        if strip.col0 == 0 and strip.data.shape[2] == self.width and ahead < self.height:
+            self._next = self._pool.submit(self._read_strip, ahead, 0, min(height, self.height - ahead), self.width)
+        return strip
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._strip = self._next = None
         self._ds.close()
 
 
-def open_raster(path: Path):
+def open_raster(path: Path, **options):
+    """Open a raster for reading (GDAL open options as keywords), refusing files whose last block cannot be read."""
     _require_file(path, "raster")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            ds = rasterio.open(path)
+            ds = rasterio.open(path, **options)
     except RasterioIOError as err:
         raise EqsegError(f"{path}: cannot open raster (corrupt, truncated or not a raster: {err})") from None
     try:  # a truncated TIFF opens fine; reading its last block is what fails
@@ -258,7 +358,9 @@ class PairSource:
         h, w = part.shape[1:]
         image[:, :h, :w] = part
         mask[:h, :w] = self._mask[row : row + h, col : col + w]
-        return TileRead(image, mask, float(h * w) / float(size * size))
+        valid = np.zeros((size, size), dtype=bool)
+        valid[:h, :w] = True
+        return TileRead(image, mask, float(h * w) / float(size * size), valid)
 
     def close(self) -> None:
         pass

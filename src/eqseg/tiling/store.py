@@ -3,9 +3,10 @@
 Layout of `results/tiles/{dataset}/`:
   images.npy     (N, C, S, S) in the sources' dtype (uint8/uint16/float32), memory-mapped for random access
   masks.npy      (N, S, S) uint8 class ids, 255 = no label (padding, nodata)
-  index.parquet  GeoParquet, one row a tile: tile_id (row in the arrays), source, level, row, col, size, split,
-                 valid_fraction, px_<class> counts, px_unlabelled, geometry (footprint in the source CRS, or in
-                 pixel space for unreferenced images), crs
+  index.parquet  GeoParquet, one row a tile: tile_id (row in the arrays), source, level (pyramid level of a slide,
+                 0 otherwise; row and col are pixels of that level), row, col, size, split, valid_fraction (share
+                 of valid pixels, of tissue for slides), px_<class> counts, px_unlabelled, geometry (footprint in
+                 the source CRS, in pixel space for unreferenced images, in level-0 pixels for slides), crs
   meta.json      classes, bands, dtype, tile size, band statistics of the train split, sources, split counts
 Few files keep DVC fast (it hashes per file) and the loader cheap (one mmap, no per-tile open).
 """
@@ -13,6 +14,7 @@ Few files keep DVC fast (it hashes per file) and the loader cheap (one mmap, no 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,20 +22,24 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from eqseg.config import GeoTiffDataset, PairsDataset, TileConfig
+from eqseg.config import GeoTiffDataset, PairsDataset, SlideDataset, TileConfig
 from eqseg.errors import EqsegError
 from eqseg.tiling import grid, npy
 from eqseg.tiling.sources import IGNORE, GeoSource, PairSource, find_pairs, load_vector_labels, open_raster
 from eqseg.utils.atomic import atomic_dir, write_json
 
 
-def open_sources(cfg: PairsDataset | GeoTiffDataset, root: Path) -> list:
+def open_sources(cfg: PairsDataset | GeoTiffDataset | SlideDataset, root: Path) -> list:
     n = len(cfg.classes)
     if isinstance(cfg, PairsDataset):
         return [
             PairSource(img, msk, cfg.mask_mode, cfg.mask_values, n)
             for img, msk in find_pairs(root / cfg.images, root / cfg.masks, cfg.mask_suffix)
         ]
+    if isinstance(cfg, SlideDataset):
+        from eqseg.slides.source import open_slides
+
+        return open_slides(cfg, root)
     sources = []
     for scene in cfg.scenes:
         raster = root / scene.raster
@@ -44,39 +50,103 @@ def open_sources(cfg: PairsDataset | GeoTiffDataset, root: Path) -> list:
     return sources
 
 
-def plan_tiles(sources: list, split_cfg, tile: TileConfig) -> list[tuple[int, str, int, int, int, int]]:
-    """(source, split, row, col, row_end, col_end) of every candidate tile; pixels past the ends are padding.
+def source_path(src) -> Path:
+    return getattr(src, "path", None) or src.image_path
 
-    The ends are those of the source, or of the split block holding the tile, so splits cannot leak.
+
+def candidate_tiles(sources: list, split_cfg, tile: TileConfig) -> list[tuple[int, int, int, int, int, int]]:
+    """(source, unit, row, col, row_end, col_end) of every candidate tile, in reading order (source, row, col).
+
+    A unit is what a split is drawn for: a whole source (split by source) or a square block of a scene (split by
+    block). The ends are those of the source or of the block holding the tile, so that tiles never cross a block
+    edge and splits cannot leak; pixels past the ends are padding.
     """
     plan = []
     if split_cfg.by == "source":
-        if len(sources) < sum(1 for f in split_cfg.fractions.values() if f > 0):
-            raise EqsegError(
-                f"split.by=source needs a source for each split with a share (dataset has {len(sources)}): use split.by=block"
-            )
-        splits = grid.assign_splits(len(sources), split_cfg.fractions, split_cfg.seed)
-        for i, (src, split) in enumerate(zip(sources, splits)):
-            windows = grid.tile_windows(0, 0, src.height, src.width, tile.size, tile.overlap)
-            plan += [(i, split, r, c, src.height, src.width) for r, c in windows]
+        for i, src in enumerate(sources):
+            plan += [(i, i, r, c, src.height, src.width) for r, c in grid.tile_windows(0, 0, src.height, src.width, tile.size, tile.overlap)]
         return plan
     grid.check_block_size(split_cfg.block_size, tile.size, tile.overlap, "split.block_size")
-    per_source = [grid.blocks(s.height, s.width, split_cfg.block_size) for s in sources]
-    flat = [(i, b) for i, bs in enumerate(per_source) for b in bs if sources[i].has_valid_pixels(*b)]
-    splits = grid.assign_splits(len(flat), split_cfg.fractions, split_cfg.seed)
-    for (i, (r0, c0, h, w)), split in zip(flat, splits):
-        # Tiles stay inside their block: padded at the block's edge, so no pixel belongs to two splits.
-        for r, c in grid.tile_windows(r0, c0, h, w, tile.size, tile.overlap):
-            plan.append((i, split, r, c, r0 + h, c0 + w))
-    return plan
+    unit = 0
+    for i, src in enumerate(sources):
+        for r0, c0, h, w in grid.blocks(src.height, src.width, split_cfg.block_size):
+            plan += [(i, unit, r, c, r0 + h, c0 + w) for r, c in grid.tile_windows(r0, c0, h, w, tile.size, tile.overlap)]
+            unit += 1
+    return sorted(plan, key=lambda t: (t[0], t[2], t[3]))
+
+
+def unit_splits(units: list[int], n_sources: int, split_cfg) -> dict[int, str]:
+    """The split of each unit that kept tiles: sources are drawn among all sources, blocks among kept blocks only
+    (so that nodata or background blocks take no share of a split)."""
+    if split_cfg.by == "source":
+        if n_sources < sum(1 for f in split_cfg.fractions.values() if f > 0):
+            raise EqsegError(
+                f"split.by=source needs a source for each split with a share (dataset has {n_sources}): use split.by=block"
+            )
+        return dict(enumerate(grid.assign_splits(n_sources, split_cfg.fractions, split_cfg.seed)))
+    return dict(zip(units, grid.assign_splits(len(units), split_cfg.fractions, split_cfg.seed)))
 
 
 def _store_dtype(sources: list) -> np.dtype:
     return np.result_type(*[s.dtype for s in sources])
 
 
-def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset, tile: TileConfig, out: Path, root: Path = Path(".")) -> dict:
-    """Tile every source of a dataset into `out` (replaced atomically); return the meta record."""
+class RowWriter:
+    """Rows of a new .npy file written with pwrite: unlike stores into a memmap, written pages are not counted in
+    the process's resident memory, which therefore stays flat however large the store grows."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype):
+        mm = npy.open_for_write(path, shape, dtype)
+        self._offset, self.dtype = mm.offset, mm.dtype
+        self._row = int(np.prod(shape[1:], dtype=np.int64)) * mm.dtype.itemsize
+        del mm
+        self._fd = os.open(path, os.O_WRONLY)
+
+    def write(self, i: int, row: np.ndarray) -> None:
+        os.pwrite(self._fd, np.ascontiguousarray(row, dtype=self.dtype).data, self._offset + i * self._row)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def tile_sums(image: np.ndarray, mask: np.ndarray, step: int = 2) -> np.ndarray:
+    """(3, C) float64: per-band count, sum and sum of squares over the labelled pixels of one tile, on every
+    `step`-th row and column (a quarter of the pixels is plenty for normalisation, and 4x cheaper)."""
+    image, mask = image[:, ::step, ::step], mask[::step, ::step]
+    keep = mask != IGNORE
+    n = int(np.count_nonzero(keep))
+    out = np.zeros((3, image.shape[0]))
+    if n == 0:
+        return out
+    x = image.astype(np.float64).reshape(image.shape[0], -1)
+    if n < keep.size:
+        x = x[:, keep.ravel()]
+    out[0], out[1], out[2] = n, x.sum(axis=1), np.einsum("ij,ij->i", x, x)
+    return out
+
+
+def band_moments(sums: np.ndarray) -> tuple[list, list]:
+    """Mean and standard deviation per band from summed tile_sums."""
+    cnt = max(float(sums[0].max()), 1.0)
+    mean = sums[1] / cnt
+    std = np.sqrt(np.maximum(sums[2] / cnt - mean**2, 0)) + 1e-6
+    return mean.tolist(), std.tolist()
+
+
+def _describe(src) -> dict:
+    out = dict(name=src.name, height=src.height, width=src.width, crs=src.crs.to_string() if src.crs else None,
+               transform=list(src.transform)[:6] if src.transform is not None else None)
+    if hasattr(src, "level"):
+        out |= dict(level=src.level, mpp=src.mpp, downsample=src.downsample)
+    return out
+
+
+def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset | SlideDataset, tile: TileConfig, out: Path, root: Path = Path(".")) -> dict:
+    """Tile every source of a dataset into `out` (replaced atomically) in one streaming pass; return the meta record.
+
+    Tiles are read in row order so that each source decodes its file once; splits are drawn afterwards among the
+    units that kept tiles, and band statistics of the train split come from per-unit sums gathered on the way.
+    """
     import geopandas as gpd
 
     sources = open_sources(cfg, root)
@@ -85,79 +155,76 @@ def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset, tile: TileCo
         raise EqsegError(f"datasets.{name}: sources have different band counts {sorted(bands)}")
     n_bands = bands.pop()
     dtype = _store_dtype(sources)
-    plan = plan_tiles(sources, cfg.split, tile)
+    plan = candidate_tiles(sources, cfg.split, tile)
     S = tile.size
     classes = list(cfg.classes)
-    rows = []
+    rows, sums, best, kept = [], {}, [0.0] * len(sources), set()
     with atomic_dir(out) as tmp:
-        images = npy.open_for_write(tmp / "images.npy", (len(plan), n_bands, S, S), dtype)
-        masks = npy.open_for_write(tmp / "masks.npy", (len(plan), S, S), np.uint8)
+        images = RowWriter(tmp / "images.npy", (len(plan), n_bands, S, S), dtype)
+        masks = RowWriter(tmp / "masks.npy", (len(plan), S, S), np.uint8)
         n = 0
-        for item in tqdm(plan, desc=f"tile {name}", unit="tile", disable=None, mininterval=2):
-            i, split, r, c, r_end, c_end = item
+        for i, unit, r, c, r_end, c_end in tqdm(plan, desc=f"tile {name}", unit="tile", disable=None, mininterval=2):
             src = sources[i]
+            h, w = min(S, r_end - r), min(S, c_end - c)
+            if not src.has_valid_pixels(r, c, h, w):
+                continue
             read = src.read_tile(r, c, S, r_end, c_end)
+            best[i] = max(best[i], read.valid_fraction)
             if read.valid_fraction <= 0 or read.valid_fraction < tile.min_valid_fraction:
                 continue
-            images[n] = read.image
-            masks[n] = read.mask
+            images.write(n, read.image)
+            masks.write(n, read.mask)
+            sums[unit] = sums.get(unit, 0) + tile_sums(read.image, read.mask)
+            kept.add(i)
             counts = np.bincount(read.mask.ravel(), minlength=256)
             rows.append(
                 dict(
-                    tile_id=n, source=src.name, level=0, row=r, col=c, size=S, split=split,
+                    tile_id=n, source=src.name, level=getattr(src, "level", 0), row=r, col=c, size=S, unit=unit,
                     valid_fraction=read.valid_fraction,
                     **{f"px_{cls}": int(counts[k]) for k, cls in enumerate(classes)},
                     px_unlabelled=int(counts[IGNORE]),
                     crs=src.crs.to_string() if src.crs else "",
-                    geometry=src.footprint(r, c, min(S, r_end - r), min(S, c_end - c)),
+                    geometry=src.footprint(r, c, h, w),
                 )
             )
             n += 1
-        images.flush()
-        masks.flush()
-        del images, masks
+        images.close()
+        masks.close()
         for src in sources:
             src.close()
-        if n == 0:
-            raise EqsegError(f"datasets.{name}: no tile has valid pixels (all nodata, or min_valid_fraction too high)")
+        _check_every_source_kept_tiles(sources, best, kept, tile)
         npy.shrink(tmp / "images.npy", n)
         npy.shrink(tmp / "masks.npy", n)
+        splits = unit_splits(sorted(sums), len(sources), cfg.split)
+        index = gpd.GeoDataFrame(rows, geometry="geometry")
+        index.insert(index.columns.get_loc("unit"), "split", index.unit.map(splits))
+        index = index.drop(columns="unit")
         crss = {row["crs"] for row in rows}
-        index = gpd.GeoDataFrame(rows, geometry="geometry", crs=crss.pop() if len(crss) == 1 and "" not in crss else None)
+        index = index.set_crs(crss.pop() if len(crss) == 1 and "" not in crss else None, allow_override=True)
         index.to_parquet(tmp / "index.parquet")
-        train_ids = index.loc[index.split == "train", "tile_id"].to_numpy()
-        if train_ids.size == 0:
+        train_units = [u for u in sums if splits[u] == "train"]
+        if not train_units:
             raise EqsegError(f"datasets.{name}: the train split has no tiles (more sources or smaller split blocks needed)")
-        mean, std = band_statistics(np.load(tmp / "images.npy", mmap_mode="r"), np.load(tmp / "masks.npy", mmap_mode="r"), train_ids)
+        mean, std = band_moments(sum(sums[u] for u in train_units))
         meta = dict(
             dataset=name, classes=classes, num_classes=len(classes), bands=n_bands, dtype=str(dtype),
             tile_size=S, overlap=tile.overlap, n_tiles=n, band_mean=mean, band_std=std,
             splits={s: int((index.split == s).sum()) for s in grid.SPLITS},
-            sources=[
-                dict(name=s.name, height=s.height, width=s.width, crs=s.crs.to_string() if s.crs else None,
-                     transform=list(s.transform)[:6] if s.transform is not None else None)
-                for s in sources
-            ],
+            sources=[_describe(s) for s in sources],
         )
         write_json(tmp / "meta.json", meta)
     return meta
 
 
-def band_statistics(images: np.ndarray, masks: np.ndarray, ids: np.ndarray, chunk: int = 64) -> tuple[list, list]:
-    """Per-band mean and standard deviation over the labelled pixels of the given tiles (float64 sums, chunked)."""
-    c = images.shape[1]
-    s1, s2, cnt = np.zeros(c), np.zeros(c), 0
-    for start in range(0, len(ids), chunk):
-        sel = np.sort(ids[start : start + chunk])
-        x = np.asarray(images[sel], dtype=np.float64)
-        keep = np.asarray(masks[sel]) != IGNORE
-        px = x.transpose(1, 0, 2, 3)[:, keep]
-        s1 += px.sum(axis=1)
-        s2 += (px**2).sum(axis=1)
-        cnt += keep.sum()
-    mean = s1 / max(cnt, 1)
-    std = np.sqrt(np.maximum(s2 / max(cnt, 1) - mean**2, 0)) + 1e-6
-    return mean.tolist(), std.tolist()
+def _check_every_source_kept_tiles(sources: list, best: list[float], kept: set[int], tile: TileConfig) -> None:
+    """A source without a single tile is a mistake worth one clear line (all nodata, no tissue, threshold too high)."""
+    for i, (src, frac) in enumerate(zip(sources, best)):
+        if i in kept:
+            continue
+        if frac <= 0:
+            what = "no tissue was found on it" if hasattr(src, "tissue") else "every pixel is nodata"
+            raise EqsegError(f"{source_path(src)}: no tile has valid pixels ({what})")
+        raise EqsegError(f"{source_path(src)}: no tile reaches tile.min_valid_fraction ({tile.min_valid_fraction}); the best has {frac:.3f}")
 
 
 @dataclass

@@ -1,0 +1,289 @@
+"""`eqseg predict`: a trained model over a whole scene or slide, stitched, written as it goes, and scored.
+
+Windows are read from the source (strips aligned to the file's blocks, tissue-only tiles of slides), normalised with
+the model's band statistics, predicted in batches (optionally under the 8 D4 transforms), blended into a band of rows
+(eqseg.predict.stitch) and written row of blocks by row of blocks (eqseg.predict.writer). The class map carries the
+source's CRS and transform (level-0 pixel coordinates and the pixel size for slides, with overviews). Scene metrics
+come from one confusion matrix accumulated over the finished rows, so each pixel is counted once; with the tile store
+given, also over the test tiles only (the fair score for scenes split by blocks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+
+from eqseg.config import GeoTiffDataset, PairsDataset, Params, PredictConfig, SlideDataset
+from eqseg.errors import EqsegError
+from eqseg.evaluate.metrics import IGNORE, confusion, scores
+from eqseg.predict.stitch import RowBand
+from eqseg.predict.writer import RowWriter, add_overviews, profile
+from eqseg.tiling import grid
+from eqseg.tiling.sources import GDAL_CACHE_BYTES
+from eqseg.train.runtime import autocast
+from eqseg.utils.atomic import atomic_file, write_json
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------- D4 test-time augmentation
+def d4(x: torch.Tensor, g: int) -> torch.Tensor:
+    """D4 element g on the last two axes, as eqseg.data.dataset.d4_numpy (flip first for g >= 4, then rotate)."""
+    if g >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, g % 4, dims=(-2, -1))
+
+
+def d4_inverse(x: torch.Tensor, g: int) -> torch.Tensor:
+    x = torch.rot90(x, -(g % 4), dims=(-2, -1))
+    return x.flip(-1) if g >= 4 else x
+
+
+@dataclass
+class Timing:
+    forward: float = 0.0
+    windows: int = 0
+    skipped: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def report(self) -> dict:
+        total = time.perf_counter() - self.start
+        return dict(forward_seconds=round(self.forward, 3), total_seconds=round(total, 3),
+                    forward_share=round(self.forward / total, 4) if total else None,
+                    windows=self.windows, windows_skipped=self.skipped)
+
+
+@torch.no_grad()
+def window_probabilities(model, x: np.ndarray, tta: bool, device: torch.device, timing: Timing) -> np.ndarray:
+    """Softmax probabilities (B, K, S, S) of normalised windows, averaged over the D4 group with tta."""
+    xs = torch.from_numpy(x).to(device)
+    total = None
+    group = range(8) if tta else (0,)
+    for g in group:
+        t0 = time.perf_counter()
+        with autocast(device, True):
+            logits = model(d4(xs, g))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timing.forward += time.perf_counter() - t0
+        p = d4_inverse(torch.softmax(logits.float(), dim=1), g)
+        total = p if total is None else total + p
+    return (total / len(group)).cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------- one source
+def output_transform(source) -> Affine:
+    """The source's georeferencing; level-0 pixel coordinates for slides; plain pixels otherwise."""
+    if source.transform is not None:
+        return source.transform
+    return Affine.scale(getattr(source, "downsample", 1.0))
+
+
+def _region(shapes, tree, transform: Affine, top: int, n: int, width: int) -> np.ndarray | None:
+    """Pixels of rows [top, top + n) inside the given footprints (the test tiles), or None without footprints."""
+    import rasterio.features
+    from shapely.geometry import box
+
+    if tree is None:
+        return None
+    out_t = transform * Affine.translation(0, top)
+    left, top_y = out_t @ (0, 0)
+    right, bottom_y = out_t @ (width, n)
+    hits = tree.query(box(min(left, right), min(top_y, bottom_y), max(left, right), max(top_y, bottom_y)))
+    if not len(hits):
+        return np.zeros((n, width), dtype=bool)
+    return rasterio.features.rasterize([(shapes[i], 1) for i in sorted(hits)], out_shape=(n, width), transform=out_t,
+                                       fill=0, dtype=np.uint8).astype(bool)
+
+
+def predict_source(
+    model, info: dict, source, cfg: PredictConfig, device: torch.device, out: Path, proba_out: Path | None = None,
+    test_footprints: list | None = None, labelled: bool = True,
+) -> dict:
+    """Predict one source into `out` (class map, 255 = nodata) and optionally `proba_out`; return its metrics
+    (scene scores only when the source has labels)."""
+    from shapely import STRtree
+
+    S = cfg.window or int(info["tile_size"])
+    multiple = int(getattr(model, "tile_multiple", 1))
+    path = getattr(source, "path", None) or source.image_path
+    if S % multiple or 2 * cfg.overlap >= S:
+        raise EqsegError(f"predict: window {S} must be a multiple of {multiple} (2**depth) and more than twice overlap ({cfg.overlap})")
+    if source.bands != info["in_channels"]:
+        raise EqsegError(f"{path}: {source.bands} bands, but the model was trained on {info['in_channels']}")
+    K, classes, H, W = int(info["num_classes"]), list(info["classes"]), source.height, source.width
+    mean = np.asarray(info["band_mean"], dtype=np.float32)[:, None, None]
+    inv_std = 1.0 / np.asarray(info["band_std"], dtype=np.float32)[:, None, None]
+    background = getattr(source, "background", None)
+    fill = IGNORE if background is None else background
+    rows, cols = grid.tile_origins(H, S, cfg.overlap), grid.tile_origins(W, S, cfg.overlap)
+    band = RowBand(K, S, W, cfg.overlap)
+    transform = output_transform(source)
+    tree = STRtree(test_footprints) if test_footprints else None
+    cm_all, cm_test = np.zeros((K, K), dtype=np.int64), np.zeros((K, K), dtype=np.int64)
+    timing = Timing()
+    model.eval()
+    # A small GDAL block cache: written rows of blocks go to the file at once instead of piling up in memory.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), atomic_file(out) as tmp, _proba_target(proba_out) as tmp_p:
+        maps = RowWriter(tmp, **profile(H, W, 1, "uint8", source.crs, transform, 255))
+        probs_w = RowWriter(tmp_p, **profile(H, W, K, cfg.probabilities, source.crs, transform,
+                                             None if cfg.probabilities == "uint8" else float("nan"))) if tmp_p else None
+        _describe_output(maps.dataset, source, classes)
+        for i, r in enumerate(rows):
+            for start in range(0, len(cols), cfg.batch_size):
+                chunk = cols[start : start + cfg.batch_size]
+                reads = [source.read_tile(r, c, S, H, W) for c in chunk]
+                active = [k for k, rd in enumerate(reads) if rd.valid_fraction > 0]
+                timing.windows += len(active)
+                timing.skipped += len(reads) - len(active)
+                probs = None
+                if active:
+                    x = (np.stack([reads[k].image for k in active]).astype(np.float32) - mean) * inv_std
+                    probs = dict(zip(active, window_probabilities(model, x, cfg.tta, device, timing)))
+                for k, (c, rd) in enumerate(zip(chunk, reads)):
+                    band.add(c, probs.get(k) if probs else None, rd.mask, rd.valid)
+            n = (rows[i + 1] if i + 1 < len(rows) else H) - r
+            cls, p, labels = band.pop(n, fill)
+            labels[(cls == IGNORE) | (not labelled)] = IGNORE
+            cm_all += confusion(cls, labels, K)
+            region = _region(test_footprints, tree, transform, r, n, W)
+            if region is not None:
+                cm_test += confusion(cls[region], labels[region], K)
+            maps.push(cls[None])
+            if probs_w:
+                probs_w.push(np.round(p * 255).astype(np.uint8) if cfg.probabilities == "uint8" else np.where(cls == IGNORE, np.nan, p))
+        maps.close()
+        if probs_w:
+            probs_w.close()
+        if timing.windows == 0:
+            what = "no tissue was found on it" if hasattr(source, "tissue") else "every pixel is nodata"
+            raise EqsegError(f"{path}: nothing to predict ({what})")
+        if hasattr(source, "tissue"):
+            add_overviews(tmp)
+    metrics = dict(source=source.name, height=H, width=W, window=S, overlap=cfg.overlap, tta=cfg.tta, timing=timing.report())
+    if labelled:
+        metrics["scene"] = scores(cm_all, classes) | {"confusion": cm_all.tolist()}
+    if tree is not None:
+        metrics["test"] = scores(cm_test, classes) | {"confusion": cm_test.tolist()}
+    return metrics
+
+
+def _proba_target(path: Path | None):
+    import contextlib
+
+    return atomic_file(path) if path else contextlib.nullcontext(None)
+
+
+def _describe_output(ds, source, classes: list[str]) -> None:
+    """Class names, a colour table and, for slides, the pixel size in the resolution tags."""
+    import matplotlib
+
+    ds.update_tags(classes=",".join(classes), nodata_meaning="255: nodata, not predicted")
+    base = (np.asarray(matplotlib.colormaps["tab10"](np.arange(10))[:, :3]) * 255).astype(int)
+    ds.write_colormap(1, {k: (*base[k % 10], 255) for k in range(len(classes))} | {255: (0, 0, 0, 0)})
+    mpp = getattr(source, "mpp", None)
+    if mpp:
+        ppcm = f"{1e4 / mpp:.6f}"
+        ds.update_tags(TIFFTAG_XRESOLUTION=ppcm, TIFFTAG_YRESOLUTION=ppcm, TIFFTAG_RESOLUTIONUNIT="3", mpp=str(mpp))
+
+
+# --------------------------------------------------------------------------------------------- datasets and the CLI
+def source_names(cfg: PairsDataset | GeoTiffDataset | SlideDataset, root: Path = Path(".")) -> list[str]:
+    """Names of a dataset's sources, in the order the tile store opens them (the order splits are drawn in)."""
+    from eqseg.tiling.sources import find_pairs
+
+    if isinstance(cfg, PairsDataset):
+        return [img.stem for img, _ in find_pairs(root / cfg.images, root / cfg.masks, cfg.mask_suffix)]
+    if isinstance(cfg, SlideDataset):
+        return [Path(s.image).stem for s in cfg.slides]
+    return [Path(s.raster).stem for s in cfg.scenes]
+
+
+def prediction_sources(params: Params, dataset: str, root: Path = Path(".")) -> list[str]:
+    """The sources worth a scene prediction: the test sources when splitting by source; every scene when splitting
+    by block (its metrics are then also reported over the test tiles alone)."""
+    cfg = params.dataset(dataset)
+    names = source_names(cfg, root)
+    if cfg.split.by == "block":
+        return names
+    splits = grid.assign_splits(len(names), cfg.split.fractions, cfg.split.seed)
+    return [n for n, s in zip(names, splits) if s == "test"]
+
+
+def open_source(cfg, name: str, root: Path = Path(".")):
+    """Open only the named source of a dataset (slides compute their tissue map on opening)."""
+    from eqseg.tiling.store import open_sources
+
+    names = source_names(cfg, root)
+    if name not in names:
+        raise EqsegError(f"predict: no source {name!r} in the dataset (sources: {names})")
+    if isinstance(cfg, SlideDataset):
+        cfg = cfg.model_copy(update={"slides": [s for s in cfg.slides if Path(s.image).stem == name]})
+    elif isinstance(cfg, GeoTiffDataset):
+        cfg = cfg.model_copy(update={"scenes": [s for s in cfg.scenes if Path(s.raster).stem == name]})
+    sources = open_sources(cfg, root)
+    keep = [s for s in sources if s.name == name]
+    for s in sources:
+        if s not in keep:
+            s.close()
+    return keep[0]
+
+
+def test_footprints(tiles: Path, source: str) -> list:
+    from eqseg.tiling.store import TileStore
+
+    index = TileStore(tiles).index
+    return list(index.loc[(index.source == source) & (index.split == "test")].geometry)
+
+
+def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = None, source: str | None = None,
+            raster: Path | None = None, tiles: Path | None = None, metrics_out: Path | None = None) -> dict:
+    """Load the model, open the source (a dataset's, with labels, or any GeoTIFF without), predict, write metrics."""
+    from eqseg.evaluate.inference import load_model
+    from eqseg.tiling.sources import GeoSource
+    from eqseg.train.runtime import resolve_device, set_threads
+
+    cfg = params.predict
+    device = resolve_device(cfg.device)
+    set_threads(cfg.threads, 0)
+    if raster is not None:
+        src = GeoSource(raster, [])
+    elif dataset and source:
+        src = open_source(params.dataset(dataset), source)
+    else:
+        raise EqsegError("predict: give --dataset and --source, or --raster")
+    model, info = load_model(model_dir / "model.pt", device)
+    proba = out.with_name(f"{out.stem}.proba{out.suffix}") if cfg.probabilities != "none" else None
+    footprints = test_footprints(tiles, src.name) if tiles else None
+    try:
+        metrics = predict_source(model, info, src, cfg, device, out, proba, footprints, labelled=raster is None)
+    finally:
+        src.close()
+    metrics |= dict(model=info["model"], dataset=info.get("dataset"), supervision=info.get("supervision"), seed=info.get("seed"))
+    write_json(metrics_out or out.with_suffix(".json"), metrics)
+    return metrics
+
+
+def predict_dataset(params: Params, model_dir: Path, dataset: str, tiles: Path | None, out_dir: Path) -> dict:
+    """Predict every source worth a scene prediction (`prediction_sources`) into `out_dir`, atomically:
+    `{source}.tif` (+ `.json` metrics) each, and `scenes.json` with the metrics pooled over every pixel once."""
+    from eqseg.evaluate.metrics import scores
+    from eqseg.utils.atomic import atomic_dir
+
+    names = prediction_sources(params, dataset)
+    with atomic_dir(out_dir) as tmp:
+        per_source = {name: predict(params, model_dir, tmp / f"{name}.tif", dataset, name, None, tiles) for name in names}
+        pooled = {}
+        for key in ("scene", "test"):
+            cms = [np.asarray(m[key]["confusion"]) for m in per_source.values() if key in m]
+            if cms:
+                pooled[key] = scores(sum(cms), params.dataset(dataset).classes)
+        write_json(tmp / "scenes.json", {"sources": names, "pooled": pooled})
+    return {"sources": names, "pooled": pooled}

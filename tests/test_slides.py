@@ -1,0 +1,116 @@
+"""Whole-slide reading on real pixels: a pyramidal TIFF built from CPM-15 tiles, read by level, tissue and labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from shapely.geometry import box
+
+from eqseg.config import Slide, SlideDataset, SplitConfig, TileConfig
+from eqseg.errors import EqsegError
+from eqseg.slides.make import make_slide
+from eqseg.slides.source import AnnotationLabels, MaskLabels, SlideSource
+from eqseg.slides.tiff import PyramidTiff, level_for_mpp
+from eqseg.tiling.store import TileStore, build_tile_store
+
+MPP = 0.25
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory, root):
+    """Four real 40x tiles (image08, 09, 14, 15) on a 0.25 um/px slide, two to a row, 256 px blank margins."""
+    d = tmp_path_factory.mktemp("slide")
+    placed = make_slide(root / "data/cpm15/images", root / "data/cpm15/masks", d / "slide.tif", d / "mask.tif", MPP,
+                        mask_suffix="_mask", include=("image0[89].png", "image1[45].png"), columns=2)
+    return d / "slide.tif", d / "mask.tif", placed
+
+
+def test_pyramid_levels_and_resolution_read_back(slide):
+    path, _, _ = slide
+    s = PyramidTiff(path)
+    assert len(s.levels) >= 3 and s.bands == 3 and s.dtype == np.uint8
+    assert [lv.mpp for lv in s.levels[:3]] == pytest.approx([0.25, 0.5, 1.0], rel=0.01)
+    assert level_for_mpp([lv.mpp for lv in s.levels], 0.45) == 1 and level_for_mpp([0.25, 0.5, 1.0], 0.3) == 0
+
+
+@pytest.mark.parametrize("mpp, level", [(0.25, 0), (0.5, 1), (1.0, 2)])
+def test_tiles_at_a_level_match_pixels_read_with_tifffile(slide, mpp, level):
+    path, mask, _ = slide
+    src = SlideSource(path, MaskLabels(mask, "classes", None, 2), mpp=mpp)
+    assert src.level == level
+    direct = np.moveaxis(tifffile.imread(path, series=0, level=level), -1, 0)
+    assert direct.shape[1:] == (src.height, src.width)
+    for r, c in [(0, 0), (src.height // 3, src.width // 2), (src.height - 100, src.width - 50)]:
+        read = src.read_tile(r, c, 128, src.height, src.width)
+        h, w = min(128, src.height - r), min(128, src.width - c)
+        if read.valid_fraction > 0:
+            assert np.array_equal(read.image[:, :h, :w], direct[:, r : r + h, c : c + w])
+        assert (read.mask[h:, :] == 255).all() and (read.mask[:, w:] == 255).all()
+
+
+def test_tissue_detection_drops_the_blank_margin_tiles(slide, tmp_path):
+    path, mask, placed = slide
+    cfg = SlideDataset(kind="slide", classes=["background", "nucleus"], slides=[Slide(image=str(path), mask=str(mask))],
+                       mpp=0.5, split=SplitConfig(by="block", block_size=256))
+    meta = build_tile_store("slide", cfg, TileConfig(size=64, min_valid_fraction=0.0), tmp_path / "tiles")
+    index = TileStore(tmp_path / "tiles").index
+    assert meta["sources"][0]["level"] == 1 and (index.level == 1).all()
+    tissue = [box(p.col, p.row, p.col + p.width, p.row + p.height) for p in placed]  # level-0 pixels
+    touches = index.geometry.apply(lambda g: any(g.intersection(t).area > 0 for t in tissue))
+    assert touches.all()  # no kept tile lies wholly in the blank margins
+    s = meta["sources"][0]
+    n_all = -(-s["height"] // 64) * -(-s["width"] // 64)
+    assert len(index) < 0.75 * n_all  # and many were dropped
+    # every tile wholly inside a real tile was kept, with the nuclei of its mask
+    inner = sum(1 for r in range(0, s["height"], 64) for c in range(0, s["width"], 64)
+                if any(t.contains(box(2 * c, 2 * r, 2 * c + 128, 2 * r + 128)) for t in tissue))
+    assert (index.valid_fraction > 0.9).sum() >= 0.9 * inner
+    assert (TileStore(tmp_path / "tiles").masks == 1).any()
+
+
+def test_mask_at_a_coarser_level_and_qupath_annotations(slide, tmp_path):
+    path, mask, placed = slide
+    p = placed[0]
+    ann = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": box(p.col, p.row, p.col + 200, p.row + 100).__geo_interface__,
+         "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [200, 0, 0]}}}]}
+    (tmp_path / "ann.geojson").write_text(json.dumps(ann))
+    src = SlideSource(path, AnnotationLabels(tmp_path / "ann.geojson", {"Tumor": 1}, 2), level=1)
+    m = src.read_tile(p.row // 2, p.col // 2, 128, src.height, src.width).mask
+    assert (m[:50, :100] == 1).all() and (m[50:, :] == 0).all() and (m[:, 100:] == 0).all()
+    # a mask stored only at half resolution labels the level-0 tiles like the full mask, but at nucleus borders
+    tifffile.imwrite(tmp_path / "half.tif", tifffile.imread(mask, series=0, level=1), tile=(256, 256))
+    full = SlideSource(path, MaskLabels(mask, "classes", None, 2), level=0)
+    half = SlideSource(path, MaskLabels(tmp_path / "half.tif", "classes", None, 2), level=0)
+    a, b = (s.read_tile(p.row, p.col, 256, s.height, s.width).mask for s in (full, half))
+    assert (a == 1).any() and (a == b).mean() > 0.95
+
+
+def test_unknown_annotation_class_and_truncated_slide(slide, tmp_path):
+    path, mask, _ = slide
+    ann = tmp_path / "a.geojson"
+    ann.write_text(json.dumps([{"type": "Feature", "geometry": box(0, 0, 5, 5).__geo_interface__,
+                                "properties": {"classification": {"name": "Stroma"}}}]))
+    with pytest.raises(EqsegError, match="a.geojson.*Stroma"):
+        SlideSource(path, AnnotationLabels(ann, {"Tumor": 1}, 2))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(EqsegError, match="cut.tif.*truncated"):
+        SlideSource(cut, MaskLabels(mask, "classes", None, 2))
+    with pytest.raises(EqsegError, match="no pyramid level 9"):
+        SlideSource(path, MaskLabels(mask, "classes", None, 2), level=9)
+
+
+def test_blank_slide_is_an_error_naming_it(tmp_path):
+    white = np.full((600, 700, 3), 255, np.uint8)
+    tifffile.imwrite(tmp_path / "blank.tif", white, tile=(256, 256), photometric="rgb")
+    tifffile.imwrite(tmp_path / "blank_mask.tif", np.zeros((600, 700), np.uint8), tile=(256, 256))
+    cfg = SlideDataset(kind="slide", classes=["bg", "fg"], slides=[Slide(image=str(tmp_path / "blank.tif"), mask=str(tmp_path / "blank_mask.tif"))])
+    with pytest.raises(EqsegError, match="blank.tif: no tile has valid pixels .no tissue"):
+        build_tile_store("b", cfg, TileConfig(size=128), tmp_path / "tiles")
+    assert not (tmp_path / "tiles").exists()
+    with pytest.raises(EqsegError, match="blank.tif: no resolution"):
+        SlideSource(tmp_path / "blank.tif", MaskLabels(tmp_path / "blank_mask.tif", "classes", None, 2), mpp=0.5)
