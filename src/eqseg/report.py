@@ -110,7 +110,8 @@ def report(params: Params, out: Path) -> pd.DataFrame:
     table = collect(params)
     summary = summarise(table)
     text = "# eqseg report\n\n## Segmentation\n\nTest split, mean over seeds.\n\n" + to_markdown(summary)
-    text += "\n## Rotated digits\n\nTrained on upright MNIST digits; accuracy on the test digits as rotated.\n\n" + digits_table(params)
+    if params.digits.models:
+        text += "\n## Rotated digits\n\nTrained on upright MNIST digits; accuracy on the test digits as rotated.\n\n" + digits_table(params)
     with atomic_dir(out) as tmp:
         table.to_csv(tmp / "cells.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
