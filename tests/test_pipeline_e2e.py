@@ -13,7 +13,7 @@ from conftest import copy_repo, run
 
 pytestmark = pytest.mark.e2e
 SMOKE = "tests/smoke/params.yaml"
-CELLS = [("cpm15", "unet", "full", 0), ("spacenet_atlanta", "unet", "full", 0)]
+CELLS = [(d, m, "full", 0) for d in ("cpm15", "spacenet_atlanta") for m in ("unet", "p4m_unet")]
 
 
 def outputs(repo: Path) -> set[str]:
@@ -84,8 +84,8 @@ def test_dvc_reruns_training_not_tiling_after_a_train_param_change(dvc_repo):
     before = tiles.stat().st_mtime_ns
     set_epochs(dvc_repo / "params.yaml", 1)
     log = run(["dvc", "repro"], cwd=dvc_repo, timeout=600).stdout
-    assert "Running stage 'train@cpm15-unet-full-0'" in log and "Running stage 'evaluate@cpm15-unet-full-0'" in log
-    assert "Running stage 'tile@" not in log
+    assert "Running stage 'train@cpm15-unet-full-0'" in log and "Running stage 'evaluate@cpm15-p4m_unet-full-0'" in log
+    assert "Running stage 'tile@" not in log and "Running stage 'weak@" not in log
     assert tiles.stat().st_mtime_ns == before
 
 
@@ -95,7 +95,8 @@ def test_snakemake_reruns_training_not_tiling_after_a_train_param_change(snake_r
     set_epochs(snake_repo / SMOKE, 1)
     proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE], cwd=snake_repo, timeout=600)
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts.get("train") == 2 and counts.get("evaluate") == 2 and "tile" not in counts
+    assert counts.get("train") == len(CELLS) and counts.get("evaluate") == len(CELLS)
+    assert "tile" not in counts and "weak" not in counts
     assert tiles.stat().st_mtime_ns == before
 
 
@@ -106,7 +107,7 @@ def test_mlflow_holds_every_run_with_params_metrics_and_artifacts(snake_repo):
     exp = client.get_experiment_by_name("eqseg-smoke")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) >= 2
+    assert len(runs) >= len(CELLS)
     for d, m, s, seed in CELLS:
         run_id = json.loads((snake_repo / f"results/models/{d}/{m}/{s}/seed{seed}/run.json").read_text())["run_id"]
         r = client.get_run(run_id)

@@ -6,6 +6,8 @@ once and never rewritten (a partly written compressed tile would be re-read and 
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,9 @@ class RowWriter:
     """Append rows (count, n, width) to a GeoTIFF, flushing them to the file only in whole rows of blocks."""
 
     def __init__(self, path: Path, **prof):
-        self._ds = rasterio.open(path, "w", **prof)
+        with warnings.catch_warnings():  # unreferenced sources (pathology images) are written in pixel space
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            self._ds = rasterio.open(path, "w", **prof)
         self._parts: list[np.ndarray] = []
         self._buffered = 0
         self._row = 0
