@@ -13,17 +13,9 @@ from eqseg.digits.nets import cnn, p4cnn
 from eqseg.errors import EqsegError
 from eqseg.models.groups import P4, equivariance_errors
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 BUDGET = {"epochs": 2, "n_train": 1000, "seed": 0, "device": "cpu"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small, latency-bound work: one thread avoids OpenMP barrier stalls when other jobs share the 2 cores
-    (measured 3x faster under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -13,22 +13,9 @@ from eqseg.models import gconv as G
 from eqseg.models.gconv import _filter_index
 from eqseg.models.groups import P4, P4M, get_group
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "torch_seed")
+
 GROUPS = [P4, P4M]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small, latency-bound work: one thread avoids OpenMP barrier stalls when other jobs share the 2 cores
-    (measured 3x faster under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 # --- group algebra ---------------------------------------------------------------------------------------------

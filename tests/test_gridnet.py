@@ -8,20 +8,7 @@ import torch
 from eqseg.errors import EqsegError
 from eqseg.models import build, count_macs, count_parameters
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small, latency-bound work: one thread avoids OpenMP barrier stalls when other jobs share the 2 cores
-    (measured 3x faster under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "torch_seed")
 
 
 @pytest.mark.parametrize("rows, columns", [(1, 2), (3, 4), (4, 6)])

@@ -11,23 +11,10 @@ from eqseg.models import available, build, count_macs, count_parameters
 from eqseg.models.gconv import GModule, GroupConv, GroupMaxPool
 from eqseg.models.groups import P4M, equivariance_errors
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "torch_seed")
+
 DEPTH, TILE = 3, 16  # a multiple of 2**DEPTH
 TOLERANCE = {torch.float64: 1e-5, torch.float32: 1e-4}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small, latency-bound work: one thread avoids OpenMP barrier stalls when other jobs share the 2 cores
-    (measured 3x faster under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 def warmed(model, dtype):
