@@ -44,7 +44,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     out = group[metric_cols].mean()
     out["miou_macro_std"] = group["miou_macro"].std(ddof=0)
     out["seeds"] = group.size()
-    for col in ("n_params", "macs_per_tile"):
+    for col in ("n_params", "macs_per_tile", "equivariance_error_max"):
         if col in table:
             out[col] = group[col].first()
     return out.reset_index()
@@ -52,15 +52,16 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(summary: pd.DataFrame) -> str:
     lines = [
-        "| dataset | model | supervision | test mIoU (macro) | micro IoU | pixel acc. | params | MACs/tile | seeds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | model | supervision | test mIoU (macro) | micro IoU | pixel acc. | params | MACs/tile | D4 equiv. error | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.itertuples(index=False):
         std = f" ± {r.miou_macro_std:.3f}" if r.seeds > 1 else ""
         params = f"{int(r.n_params):,}" if "n_params" in summary and pd.notna(r.n_params) else "-"
         macs = f"{r.macs_per_tile / 1e9:.2f} G" if "macs_per_tile" in summary and pd.notna(r.macs_per_tile) else "-"
+        equiv = f"{r.equivariance_error_max:.1e}" if "equivariance_error_max" in summary and pd.notna(r.equivariance_error_max) else "-"
         lines.append(f"| {r.dataset} | {r.model} | {r.supervision} | {r.miou_macro:.3f}{std} | {r.iou_micro:.3f} | "
-                     f"{r.pixel_accuracy:.3f} | {params} | {macs} | {r.seeds} |")
+                     f"{r.pixel_accuracy:.3f} | {params} | {macs} | {equiv} | {r.seeds} |")
     return "\n".join(lines) + "\n"
 
 
