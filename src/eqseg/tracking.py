@@ -16,7 +16,6 @@ from typing import Any, Callable, TypeVar
 from eqseg.config import MlflowConfig
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 def retry(fn: Callable[[], T], attempts: int = 8, delay: float = 0.5) -> T:
