@@ -17,6 +17,7 @@ except EqsegError as err:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/slides.smk"
 include: "workflow/rules/tile.smk"
 include: "workflow/rules/weak.smk"
 include: "workflow/rules/train.smk"

@@ -15,6 +15,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "spacenet_atlanta"
 
 def write_params(path: Path, raster: Path, labels: Path, **dataset) -> Path:
     p = yaml.safe_load((Path(__file__).parent / "smoke" / "params.yaml").read_text())
+    p.pop("slides")
     p["datasets"] = {"scene": {"kind": "geotiff", "classes": ["background", "building"],
                                "scenes": [{"raster": str(raster), "labels": str(labels)}],
                                "split": {"by": "block", "block_size": 256}, **dataset}}

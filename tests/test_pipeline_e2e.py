@@ -13,7 +13,7 @@ from conftest import copy_repo, run
 
 pytestmark = pytest.mark.e2e
 SMOKE = "tests/smoke/params.yaml"
-CELLS = [(d, m, "full", 0) for d in ("cpm15", "spacenet_atlanta") for m in ("unet", "p4m_unet")]
+CELLS = [(d, m, "full", 0) for d in ("cpm15_slides", "spacenet_atlanta") for m in ("unet", "p4m_unet")]
 
 
 def outputs(repo: Path) -> set[str]:
@@ -82,17 +82,17 @@ def test_snakemake_and_dvc_produce_the_same_outputs(snake_repo, dvc_repo):
 
 
 def test_dvc_reruns_training_not_tiling_after_a_train_param_change(dvc_repo):
-    tiles = dvc_repo / "results/tiles/cpm15/images.npy"
+    tiles = dvc_repo / "results/tiles/cpm15_slides/images.npy"
     before = tiles.stat().st_mtime_ns
     set_epochs(dvc_repo / "params.yaml", 1)
     log = run(["dvc", "repro"], cwd=dvc_repo, timeout=600).stdout
-    assert "Running stage 'train@cpm15-unet-full-0'" in log and "Running stage 'evaluate@cpm15-p4m_unet-full-0'" in log
+    assert "Running stage 'train@cpm15_slides-unet-full-0'" in log and "Running stage 'evaluate@cpm15_slides-p4m_unet-full-0'" in log
     assert "Running stage 'tile@" not in log and "Running stage 'weak@" not in log
     assert tiles.stat().st_mtime_ns == before
 
 
 def test_snakemake_reruns_training_not_tiling_after_a_train_param_change(snake_repo):
-    tiles = snake_repo / "results/tiles/cpm15/images.npy"
+    tiles = snake_repo / "results/tiles/cpm15_slides/images.npy"
     before = tiles.stat().st_mtime_ns
     set_epochs(snake_repo / SMOKE, 1)
     proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE], cwd=snake_repo, timeout=600)

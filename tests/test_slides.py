@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,69 @@ def test_blank_slide_is_an_error_naming_it(tmp_path):
     assert not (tmp_path / "tiles").exists()
     with pytest.raises(EqsegError, match="blank.tif: no resolution"):
         SlideSource(tmp_path / "blank.tif", MaskLabels(tmp_path / "blank_mask.tif", "classes", None, 2), mpp=0.5)
+
+
+# --------------------------------------------------------------------------------------------- the bundled slide group
+@pytest.fixture(scope="module")
+def bundled_slides(tmp_path_factory, root):
+    """The `slides: cpm15_slides` group of params.yaml, built as the `slides` stage builds it."""
+    from eqseg.config import load_params
+    from eqseg.slides.make import make_slide_group
+
+    params = load_params(root / "params.yaml")
+    out = tmp_path_factory.mktemp("bundled") / "cpm15_slides"
+    placed = make_slide_group(params.slides["cpm15_slides"], out, root)
+    return params, out, placed
+
+
+def test_bundled_slides_keep_real_pixels_and_read_at_20x(bundled_slides, root):
+    from PIL import Image
+
+    _, out, placed = bundled_slides
+    assert sorted(placed) == ["cpm15_20x", "cpm15_40x"] and len(placed["cpm15_20x"]) == 7 and len(placed["cpm15_40x"]) == 8
+    slide20, slide40 = PyramidTiff(out / "cpm15_20x.ome.tif"), PyramidTiff(out / "cpm15_40x.ome.tif")
+    assert slide20.levels[0].mpp == pytest.approx(0.5) and slide40.levels[1].mpp == pytest.approx(0.5)
+    for p in placed["cpm15_20x"][:3]:  # tiles at their own resolution: level 0 holds the PNG's pixels exactly
+        png = np.moveaxis(np.asarray(Image.open(root / f"data/cpm15/images/{p.name}.png"))[..., :3], -1, 0)
+        assert np.array_equal(slide20.read(0, p.row, p.col, p.height, p.width), png)
+    for p in placed["cpm15_20x"] + placed["cpm15_40x"]:  # one tile per 512-um cell (1024 px at 20x, 2048 at 40x)
+        cell = 1024 if p in placed["cpm15_20x"] else 2048
+        assert p.row // cell == (p.row + p.height - 1) // cell and p.col // cell == (p.col + p.width - 1) // cell
+
+
+def test_bundled_slide_dataset_puts_each_source_tile_in_one_split(bundled_slides, tmp_path):
+    params, out, placed = bundled_slides
+    cfg = params.dataset("cpm15_slides")
+    cfg = cfg.model_copy(update={"slides": [Slide(image=str(out / Path(s.image).name), mask=str(out / Path(s.mask).name)) for s in cfg.slides]})
+    meta = build_tile_store("cpm15_slides", cfg, params.tile, tmp_path / "tiles")
+    index = TileStore(tmp_path / "tiles").index
+    assert [s["level"] for s in meta["sources"]] == [0, 1]
+    splits_of = {}
+    for slide_name, tiles in placed.items():
+        rows = index[index.source.str.startswith(slide_name)]
+        for p in tiles:
+            hit = rows[rows.intersects(box(p.col, p.row, p.col + p.width, p.row + p.height))]
+            splits_of[p.name] = set(hit.split)
+    assert len(splits_of) == 15 and all(len(s) == 1 for s in splits_of.values()), splits_of
+    counts = {s: sum(v == {s} for v in splits_of.values()) for s in ("train", "val", "test")}
+    assert counts == {"train": 9, "val": 3, "test": 3}
+
+
+def test_slide_group_errors(root, tmp_path, eqseg_cli):
+    import yaml
+
+    from eqseg.config import parse_params
+    from eqseg.slides.make import make_slide_group
+
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    group = parse_params(raw).slides["cpm15_slides"].model_copy(update={"cell_um": 300})
+    with pytest.raises(EqsegError, match="does not fit a 600-px cell"):
+        make_slide_group(group, tmp_path / "built", root)
+    assert not (tmp_path / "built").exists() and not list(tmp_path.iterdir())
+    raw["grid"]["datasets"] = ["spacenet_atlanta"]
+    del raw["datasets"]["cpm15_slides"]
+    with pytest.raises(EqsegError, match="slides.cpm15_slides: no dataset 'cpm15_slides' of kind slide"):
+        parse_params(raw)
+    proc = eqseg_cli(["make-slides", "nope", "--params", str(root / "params.yaml"), "--out", str(tmp_path / "x")], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "eqseg make-slides: error: params: no slides group 'nope' (defined: ['cpm15_slides'])"]

@@ -34,7 +34,7 @@ def test_snakemake_slurm_profile_runs_the_chain(slurm_env, tmp_path):
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-5000:]
     log = proc.stdout + proc.stderr
-    metrics = json.loads((repo / "results/eval/cpm15/unet/full/seed0/metrics.json").read_text())
+    metrics = json.loads((repo / "results/eval/cpm15_slides/unet/full/seed0/metrics.json").read_text())
     assert 0 < metrics["miou_macro"] <= 1
     assert (repo / "results/report/report.md").is_file()
     # every job really went through sbatch (tile x2, train x2, evaluate x2, report)

@@ -193,14 +193,33 @@ def predict_dataset(params_path, model_dir, dataset, tiles, out) -> None:
 @click.option("--source-mpp", type=float, help="Microns per pixel of the tiles, if not --mpp (they are resampled).")
 @click.option("--columns", type=int, default=4, show_default=True)
 @click.option("--margin", type=int, default=256, show_default=True, help="Blank pixels around every tile.")
+@click.option("--cell", type=int, help="Place each tile in its own cell of a uniform grid of this many pixels.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--mask-out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def make_slide(images, masks, mask_suffix, mask_mode, include, mpp, source_mpp, columns, margin, out, mask_out) -> None:
+def make_slide(images, masks, mask_suffix, mask_mode, include, mpp, source_mpp, columns, margin, cell, out, mask_out) -> None:
     """Assemble image tiles and masks into a pyramidal tiled TIFF slide (OME, with its pixel size) and its mask."""
     from eqseg.slides.make import make_slide as run
 
-    placed = run(images, masks, out, mask_out, mpp, source_mpp, mask_suffix, mask_mode, tuple(include), columns, margin)
+    placed = run(images, masks, out, mask_out, mpp, source_mpp, mask_suffix, mask_mode, tuple(include), columns, margin, cell)
     click.echo(f"{out}: {len(placed)} tiles at {mpp} um/px; mask {mask_out}")
+
+
+@cli.command("make-slides")
+@click.argument("group")
+@params_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: data/GROUP.")
+def make_slides(group, params_path: Path, out: Path | None) -> None:
+    """Build the slides of the `slides.GROUP` entry of the params file (the `slides` stage before tiling)."""
+    from eqseg import paths
+    from eqseg.slides.make import make_slide_group
+
+    p = _load(params_path)
+    if group not in p.slides:
+        raise EqsegError(f"params: no slides group {group!r} (defined: {sorted(p.slides)})")
+    out = out or Path(paths.SLIDES.format(group=group))
+    placed = make_slide_group(p.slides[group], out)
+    for name, tiles in placed.items():
+        click.echo(f"{out}/{name}.ome.tif: {len(tiles)} tiles at {p.slides[group].slides[name].mpp} um/px")
 
 
 @cli.command("tracking-init")

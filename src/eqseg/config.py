@@ -99,6 +99,9 @@ class SlideDataset(_Strict):
         None, description="map annotation classification names to class ids; None: every annotation is class 1"
     )
     tissue_min_saturation: float = Field(0.05, ge=0, le=1, description="floor under the Otsu threshold on saturation")
+    reader: Literal["auto", "tifffile", "openslide"] = Field(
+        "auto", description="auto: tifffile for TIFF-based files (.tif, .tiff, .svs, .ndpi...), OpenSlide for the rest (.mrxs, .scn...)"
+    )
     classes: list[str] = Field(min_length=2)
     split: SplitConfig = SplitConfig()
 
@@ -107,6 +110,29 @@ class SlideDataset(_Strict):
         if self.mpp is not None and self.level is not None:
             raise ValueError("give mpp or level, not both")
         return self
+
+
+class SlideToBuild(_Strict):
+    """One slide assembled from the tiles of a group whose file names match `include`."""
+
+    include: list[str] = Field(default_factory=list, description="globs on image file names; empty: every image")
+    mpp: float = Field(gt=0, description="microns per pixel of the slide's level 0")
+    source_mpp: float | None = Field(None, gt=0, description="microns per pixel of the tiles, if not mpp (resampled)")
+
+
+class SlideGroup(_Strict):
+    """Slides assembled from real image tiles and masks by `eqseg make-slides NAME` into data/NAME/ (no real whole
+    slide is small enough to ship). Tiles sit on a uniform grid of `cell_um` cells, so that a block split with
+    blocks of that size keeps each source tile in one split."""
+
+    images: str
+    masks: str
+    mask_suffix: str = ""
+    mask_mode: Literal["classes", "instances"] = "instances"
+    columns: int = Field(4, gt=0)
+    cell_um: float | None = Field(None, gt=0, description="grid cell side in microns; None: tiles packed in rows")
+    margin_um: float = Field(64.0, ge=0, description="blank glass around every tile, in microns")
+    slides: dict[str, SlideToBuild] = Field(min_length=1)
 
 
 DatasetConfig = Annotated[Union[PairsDataset, GeoTiffDataset, SlideDataset], Field(discriminator="kind")]
@@ -230,6 +256,7 @@ class WeakConfig(_Strict):
 
 class Params(_Strict):
     datasets: dict[str, DatasetConfig]
+    slides: dict[str, SlideGroup] = Field(default_factory=dict, description="slides built into data/NAME/ before tiling")
     tile: TileConfig = TileConfig()
     models: dict[str, dict[str, Any]] = Field(description="options per model name, passed to eqseg.models.build")
     weak: WeakConfig = WeakConfig()
@@ -247,6 +274,10 @@ class Params(_Strict):
         for name in self.grid.datasets:
             if name not in self.datasets:
                 raise ValueError(f"grid.datasets: unknown dataset {name!r} (defined: {sorted(self.datasets)})")
+        for name in self.slides:
+            if not isinstance(self.datasets.get(name), SlideDataset):
+                raise ValueError(f"slides.{name}: no dataset {name!r} of kind slide (slides are built into data/{name}/ "
+                                 "and tiled as the dataset of the same name)")
         for name in self.models:
             if name not in available():
                 raise ValueError(f"models: unknown model {name!r} (allowed: {available()})")
@@ -288,7 +319,7 @@ class Params(_Strict):
             raise EqsegError(f"params: model {name!r} has no entry under models (defined: {sorted(self.models)})")
         return dict(self.models[name])
 
-    def dataset(self, name: str) -> PairsDataset | GeoTiffDataset:
+    def dataset(self, name: str) -> PairsDataset | GeoTiffDataset | SlideDataset:
         if name not in self.datasets:
             raise EqsegError(f"params: unknown dataset {name!r} (defined: {sorted(self.datasets)})")
         return self.datasets[name]

@@ -1,5 +1,6 @@
 """Output paths of every stage, shared by the CLI defaults, the Snakemake rules and the DVC stages."""
 
+SLIDES = "data/{group}"  # slides built from tiles are inputs of tiling, like the bundled data
 TILES = "results/tiles/{dataset}"
 WEAK = "results/weak/{dataset}/{supervision}"
 MODEL = "results/models/{dataset}/{model}/{supervision}/seed{seed}"

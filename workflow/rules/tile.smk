@@ -1,4 +1,6 @@
 rule tile:
+    input:
+        lambda w: [paths.SLIDES.format(group=w.dataset)] if w.dataset in P.slides else [],
     output:
         directory(paths.TILES),
     params:

@@ -24,6 +24,7 @@ from eqseg.config import GeoTiffDataset, PairsDataset, Params, PredictConfig, Sl
 from eqseg.errors import EqsegError
 from eqseg.evaluate.metrics import IGNORE, confusion, scores
 from eqseg.predict.stitch import RowBand
+from eqseg.slides.readers import slide_name
 from eqseg.predict.writer import RowWriter, add_overviews, profile
 from eqseg.tiling import grid
 from eqseg.tiling.sources import GDAL_CACHE_BYTES
@@ -93,7 +94,7 @@ def _region(shapes, tree, transform: Affine, top: int, n: int, width: int) -> np
 
     if tree is None:
         return None
-    out_t = transform * Affine.translation(0, top)
+    out_t = transform @ Affine.translation(0, top)
     left, top_y = out_t @ (0, 0)
     right, bottom_y = out_t @ (width, n)
     hits = tree.query(box(min(left, right), min(top_y, bottom_y), max(left, right), max(top_y, bottom_y)))
@@ -202,7 +203,7 @@ def source_names(cfg: PairsDataset | GeoTiffDataset | SlideDataset, root: Path =
     if isinstance(cfg, PairsDataset):
         return [img.stem for img, _ in find_pairs(root / cfg.images, root / cfg.masks, cfg.mask_suffix)]
     if isinstance(cfg, SlideDataset):
-        return [Path(s.image).stem for s in cfg.slides]
+        return [slide_name(s.image) for s in cfg.slides]
     return [Path(s.raster).stem for s in cfg.scenes]
 
 
@@ -225,7 +226,7 @@ def open_source(cfg, name: str, root: Path = Path(".")):
     if name not in names:
         raise EqsegError(f"predict: no source {name!r} in the dataset (sources: {names})")
     if isinstance(cfg, SlideDataset):
-        cfg = cfg.model_copy(update={"slides": [s for s in cfg.slides if Path(s.image).stem == name]})
+        cfg = cfg.model_copy(update={"slides": [s for s in cfg.slides if slide_name(s.image) == name]})
     elif isinstance(cfg, GeoTiffDataset):
         cfg = cfg.model_copy(update={"scenes": [s for s in cfg.scenes if Path(s.raster).stem == name]})
     sources = open_sources(cfg, root)

@@ -46,6 +46,16 @@ def shelf_layout(sizes: list[tuple[int, int]], columns: int, margin: int) -> tup
     return positions, y, width
 
 
+def cell_layout(sizes: list[tuple[int, int]], columns: int, cell: int, margin: int) -> tuple[list[tuple[int, int]], int, int]:
+    """(row, col) of each box at `margin` inside its own cell of a uniform `cell`-pixel grid, `columns` cells to a
+    row; returns the positions and the canvas height and width. Blocks of `cell` pixels then hold one box each."""
+    for i, (h, w) in enumerate(sizes):
+        if max(h, w) + 2 * margin > cell:
+            raise EqsegError(f"make-slide: tile {i} ({h}x{w} px) does not fit a {cell}-px cell with {margin}-px margins; raise cell_um")
+    positions = [(i // columns * cell + margin, i % columns * cell + margin) for i in range(len(sizes))]
+    return positions, -(-len(sizes) // columns) * cell, min(len(sizes), columns) * cell
+
+
 def _resize(a: np.ndarray, factor: float, nearest: bool) -> np.ndarray:
     from PIL import Image
 
@@ -92,8 +102,10 @@ def write_pyramid(path: Path, levels: list[np.ndarray], mpp: float) -> None:
 def make_slide(
     images: Path, masks: Path, out: Path, mask_out: Path, mpp: float, source_mpp: float | None = None,
     mask_suffix: str = "", mask_mode: str = "instances", include: tuple[str, ...] = (), columns: int = 4, margin: int = 256,
+    cell: int | None = None,
 ) -> list[Placement]:
-    """Build the slide and its mask; return where each tile went (level-0 pixels)."""
+    """Build the slide and its mask; return where each tile went (level-0 pixels). Tiles are packed in rows, or with
+    `cell` each sits in its own cell of a uniform grid."""
     pairs = [(i, m) for i, m in find_pairs(images, masks, mask_suffix) if not include or any(fnmatch.fnmatch(i.name, p) for p in include)]
     if not pairs:
         raise EqsegError(f"{images}: no image matches {list(include)}")
@@ -107,7 +119,8 @@ def make_slide(
         if cls.shape != rgb.shape[:2]:
             raise EqsegError(f"{msk}: mask size differs from image {img.name}")
         tiles.append((img.stem, _resize(rgb, factor, False), _resize(cls, factor, True)))
-    positions, height, width = shelf_layout([t[1].shape[:2] for t in tiles], columns, margin)
+    sizes = [t[1].shape[:2] for t in tiles]
+    positions, height, width = cell_layout(sizes, columns, cell, margin) if cell else shelf_layout(sizes, columns, margin)
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     label = np.zeros((height, width), dtype=np.uint8)
     placed = []
@@ -118,4 +131,21 @@ def make_slide(
         placed.append(Placement(name, r, c, h, w))
     write_pyramid(out, pyramid(canvas, nearest=False), mpp)
     write_pyramid(mask_out, pyramid(label, nearest=True), mpp)
+    return placed
+
+
+def make_slide_group(group, out_dir: Path, root: Path = Path(".")) -> dict[str, list[Placement]]:
+    """Every slide of a `slides:` group (eqseg.config.SlideGroup) as `{name}.ome.tif` + `{name}.mask.ome.tif` in
+    `out_dir`, written as a whole (a failed build leaves no partial folder)."""
+    from eqseg.utils.atomic import atomic_dir
+
+    placed = {}
+    with atomic_dir(out_dir) as tmp:
+        for name, s in group.slides.items():
+            cell = round(group.cell_um / s.mpp) if group.cell_um else None
+            placed[name] = make_slide(
+                root / group.images, root / group.masks, tmp / f"{name}.ome.tif", tmp / f"{name}.mask.ome.tif", s.mpp,
+                s.source_mpp, group.mask_suffix, group.mask_mode, tuple(s.include), group.columns,
+                round(group.margin_um / s.mpp), cell,
+            )
     return placed

@@ -16,7 +16,8 @@ import numpy as np
 from shapely.geometry import box
 
 from eqseg.errors import EqsegError
-from eqseg.slides.tiff import PyramidTiff, level_for_mpp
+from eqseg.slides.readers import SlideReader, open_slide, slide_name
+from eqseg.slides.tiff import level_for_mpp
 from eqseg.slides.tissue import tissue_mask
 from eqseg.tiling.sources import IGNORE, TileRead, mask_to_classes
 
@@ -24,10 +25,10 @@ TISSUE_MIN_SIDE = 1024  # the tissue map comes from the coarsest level at least 
 THUMB_MAX_SIDE = 4096  # a larger tissue level (no pyramid) is subsampled while read, strip by strip
 
 
-def choose_level(slide: PyramidTiff, mpp: float | None, level: int | None) -> int:
+def choose_level(slide: SlideReader, mpp: float | None, level: int | None) -> int:
     if mpp is not None:
         if any(lv.mpp is None for lv in slide.levels):
-            raise EqsegError(f"{slide.path}: no resolution in its metadata (OME PhysicalSizeX, Aperio MPP or resolution tags); give level instead of mpp")
+            raise EqsegError(f"{slide.path}: no resolution in its metadata (OME PhysicalSizeX, Aperio MPP, resolution tags or openslide.mpp-x); give level instead of mpp")
         return level_for_mpp([lv.mpp for lv in slide.levels], mpp)
     level = level or 0
     if level >= len(slide.levels):
@@ -35,13 +36,13 @@ def choose_level(slide: PyramidTiff, mpp: float | None, level: int | None) -> in
     return level
 
 
-def tissue_level(slide: PyramidTiff, level: int) -> int:
+def tissue_level(slide: SlideReader, level: int) -> int:
     """The coarsest level, not finer than `level`, that is still at least TISSUE_MIN_SIDE pixels on its longer side."""
     ok = [i for i in range(level, len(slide.levels)) if max(slide.levels[i].height, slide.levels[i].width) >= TISSUE_MIN_SIDE]
     return ok[-1] if ok else level
 
 
-def thumbnail(slide: PyramidTiff, level: int) -> tuple[np.ndarray, int]:
+def thumbnail(slide: SlideReader, level: int) -> tuple[np.ndarray, int]:
     """The whole level, subsampled by an integer step when it is large (single-level slides); (image, step)."""
     lv = slide.levels[level]
     step = max(1, -(-max(lv.height, lv.width) // THUMB_MAX_SIDE))
@@ -63,8 +64,8 @@ class MaskLabels:
     values: dict[int, int] | None
     num_classes: int
 
-    def attach(self, slide: PyramidTiff, level: int) -> None:
-        self._mask = PyramidTiff(self.path)
+    def attach(self, slide: SlideReader, level: int) -> None:
+        self._mask = open_slide(self.path)
         img0, msk0, lv = slide.levels[0], self._mask.levels[0], slide.levels[level]
         if abs(img0.width / img0.height - msk0.width / msk0.height) > 0.01 * img0.width / img0.height:
             raise EqsegError(f"{self.path}: mask shape {msk0.height}x{msk0.width} does not match slide {slide.path.name} ({img0.height}x{img0.width})")
@@ -125,7 +126,7 @@ class AnnotationLabels:
     classes: dict[str, int] | None
     num_classes: int
 
-    def attach(self, slide: PyramidTiff, level: int) -> None:
+    def attach(self, slide: SlideReader, level: int) -> None:
         from shapely import STRtree
 
         self._shapes = read_annotations(self.path, self.classes, self.num_classes)
@@ -161,11 +162,12 @@ class SlideSource:
     mpp: float | None = None
     level: int | None = None
     tissue_min_saturation: float = 0.05
+    reader: str = "auto"  # auto, tifffile or openslide (eqseg.slides.readers.open_slide)
     background: int = field(default=0, init=False)  # class of the pixels skipped as non-tissue
 
     def __post_init__(self):
-        self.name = self.path.stem
-        self._slide = PyramidTiff(self.path)
+        self.name = slide_name(self.path)
+        self._slide = open_slide(self.path, self.reader)
         self.level = choose_level(self._slide, self.mpp, self.level)
         lv = self._slide.levels[self.level]
         self.height, self.width, self.downsample, self.mpp = lv.height, lv.width, lv.downsample, lv.mpp
@@ -216,5 +218,5 @@ def open_slides(cfg, root: Path) -> list[SlideSource]:
             MaskLabels(root / s.mask, cfg.mask_mode, cfg.mask_values, n) if s.mask
             else AnnotationLabels(root / s.annotations, cfg.annotation_classes, n)
         )
-        sources.append(SlideSource(root / s.image, labels, cfg.mpp, cfg.level, cfg.tissue_min_saturation))
+        sources.append(SlideSource(root / s.image, labels, cfg.mpp, cfg.level, cfg.tissue_min_saturation, cfg.reader))
     return sources
