@@ -84,3 +84,30 @@ def eqseg_cli():
         return run([str(BIN / "eqseg"), *args], cwd=cwd, timeout=timeout, check=False)
 
     return call
+
+
+@pytest.fixture(scope="module")
+def small_setup(tmp_path_factory, root):
+    """A small real training setup: CPM-15 tiles (64 px) and full labels, params for 5 short epochs, own MLflow db."""
+    import yaml
+
+    from eqseg.config import load_params
+    from eqseg.tiling.store import build_tile_store
+    from eqseg.weak.stage import make_weak_stage
+
+    tmp = tmp_path_factory.mktemp("train")
+    p = yaml.safe_load((root / "tests/smoke/params.yaml").read_text())
+    p["datasets"]["cpm15"]["images"] = str(root / "data/cpm15/images")
+    p["datasets"]["cpm15"]["masks"] = str(root / "data/cpm15/masks")
+    p["train"].update(epochs=5, max_train_tiles=40, num_workers=1)
+    p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    (tmp / "params.yaml").write_text(yaml.safe_dump(p))
+    params = load_params(tmp / "params.yaml")
+    build_tile_store("cpm15", params.dataset("cpm15"), params.tile, tmp / "tiles")
+    make_weak_stage(params, "cpm15", "full", tmp / "tiles", tmp / "labels")
+    return tmp
+
+
+def train_cmd(tmp: Path, out: Path, params: str = "params.yaml") -> list[str]:
+    return [str(BIN / "eqseg"), "train", "--params", str(tmp / params), "--dataset", "cpm15", "--model", "unet",
+            "--seed", "3", "--tiles", str(tmp / "tiles"), "--labels", str(tmp / "labels"), "--out", str(out)]

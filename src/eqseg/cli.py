@@ -89,13 +89,20 @@ def weak(dataset: str, supervision: str, params_path: Path, tiles: Path | None, 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 def train(params_path, dataset, model_name, supervision, seed, tiles, labels, out) -> None:
     """Train one model (one cell of the grid); resumes from its checkpoint after a kill."""
+    import os
+
+    from eqseg.train import distributed
     from eqseg.train.loop import train as run
 
     p = _load(params_path)
+    if p.train.nproc > 1 and not os.environ.get(distributed.LAUNCHED):
+        distributed.check_devices(p.train.nproc, p.train.device)
+        sys.exit(distributed.relaunch(p.train.nproc, sys.argv[1:]))
     tiles = tiles or Path("results/tiles") / dataset
     labels = labels or Path("results/weak") / dataset / supervision
     summary = run(p, dataset, model_name, supervision, seed, tiles, labels, out)
-    click.echo(f"{out}: best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']}")
+    if summary:  # rank 0 (or the only process)
+        click.echo(f"{out}: best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']}")
 
 
 @cli.command()

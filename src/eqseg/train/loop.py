@@ -26,6 +26,7 @@ from eqseg.evaluate.metrics import scores
 from eqseg.losses import build_loss
 from eqseg.models import build, count_macs, count_parameters
 from eqseg.tiling.store import TileStore
+from eqseg.train import distributed as ddp
 from eqseg.train.runtime import autocast, resolve_device, seed_everything, set_threads
 from eqseg.utils.atomic import atomic_dir, atomic_file
 
@@ -44,26 +45,29 @@ def select_train_ids(store: TileStore, max_tiles: int | None, seed: int) -> np.n
 
 
 def make_loader(
-    ds: TileDataset, batch_size: int, epoch: int, seed: int, num_workers: int, pin: bool, tiles_per_epoch: int | None = None
+    ds: TileDataset, batch_size: int, epoch: int, seed: int, num_workers: int, pin: bool, tiles_per_epoch: int | None = None,
+    world: ddp.World = ddp.World(),
 ) -> DataLoader:
-    """Shuffled batches for one epoch, seeded by (seed, epoch); `tiles_per_epoch` cycles small train sets."""
+    """Shuffled batches for one epoch, seeded by (seed, epoch); `tiles_per_epoch` cycles small train sets. Under
+    torchrun each rank takes its share of the same order."""
     ds.set_epoch(epoch)
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    sampler = RandomSampler(ds, num_samples=tiles_per_epoch or len(ds), generator=g)
+    order = ddp.shard(np.fromiter(RandomSampler(ds, num_samples=tiles_per_epoch or len(ds), generator=g), np.int64), world)
     return DataLoader(
-        ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        drop_last=len(sampler) > batch_size, pin_memory=pin,
+        ds, batch_size=batch_size, sampler=order.tolist(), num_workers=num_workers,
+        drop_last=len(order) > batch_size, pin_memory=pin,
     )
 
 
-def train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp: bool, generator: torch.Generator) -> float:
+def train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp: bool, generator: torch.Generator, net=None) -> float:
+    """One pass; `model` may be the DDP wrapper of `net`, whose own forward serves losses that call the model again."""
     model.train()
     total, batches = 0.0, 0
     for x, y, tags in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         tags = tags.to(device) if tags.numel() else None
         with autocast(device, amp):
-            loss = loss_fn(model(x), y, tags=tags, model=model, x=x, generator=generator)
+            loss = loss_fn(model(x), y, tags=tags, model=net or model, x=x, generator=generator)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
@@ -83,19 +87,26 @@ def load_labels(labels_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def train(params: Params, dataset: str, model_name: str, supervision: str, seed: int, tiles: Path, labels_dir: Path, out: Path) -> dict:
-    """Train one grid cell; write model.pt, history.csv, config.json, run.json and curves.png into `out`."""
+    """Train one grid cell; write model.pt, history.csv, config.json, run.json and curves.png into `out`.
+    Under torchrun (train.nproc > 1) every rank trains; rank 0 alone writes and returns the summary, others {}."""
     cfg = params.train
+    world = ddp.current_world()
     store = TileStore(tiles)
     meta = store.meta
     options = params.model_options(model_name)
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     amp = cfg.amp and device.type == "cuda"
-    set_threads(cfg.threads, cfg.num_workers)
+    set_threads(cfg.threads, cfg.num_workers, world.size)
     seed_everything(seed)
 
-    model = build(model_name, meta["bands"], meta["num_classes"], **options).to(device)
-    if meta["tile_size"] % getattr(model, "tile_multiple", 1):
-        raise EqsegError(f"tile size {meta['tile_size']} of {tiles} is not a multiple of {model.tile_multiple} for model {model_name}")
+    net = build(model_name, meta["bands"], meta["num_classes"], **options).to(device)
+    if meta["tile_size"] % getattr(net, "tile_multiple", 1):
+        raise EqsegError(f"tile size {meta['tile_size']} of {tiles} is not a multiple of {net.tile_multiple} for model {model_name}")
+    ddp.start(world, device)
+    model = net if world.size == 1 else torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -113,41 +124,45 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         n_val_tiles=len(val_ids), tiles=str(tiles),
     )
     config_hash = stable_hash({k: v for k, v in run_config.items() if k != "tiles"} | {"stats": meta["band_mean"]})
-    n_params = count_parameters(model)
-    macs = count_macs(model, meta["bands"], meta["tile_size"])
+    n_params = count_parameters(net)
+    macs = count_macs(net, meta["bands"], meta["tile_size"])
 
     ckpt_file = checkpoint_path(out)
     state = dict(epoch=0, history=[], best=-1.0, best_state=None, run_id=None)
     if ckpt_file.is_file():
         ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
         if ckpt.get("config_hash") == config_hash:
-            model.load_state_dict(ckpt["model"])
+            net.load_state_dict(ckpt["model"])
             optimiser.load_state_dict(ckpt["optimiser"])
             scheduler.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
             state = ckpt["state"]
-            log.warning("resuming %s from epoch %d (checkpoint %s)", out, state["epoch"], ckpt_file)
+            if world.main:
+                log.warning("resuming %s from epoch %d (checkpoint %s)", out, state["epoch"], ckpt_file)
         else:
             log.warning("ignoring checkpoint %s: made with another configuration", ckpt_file)
 
-    run = tracking.start_run(
-        params.mlflow, state["run_id"], run_name=f"{dataset}/{model_name}/{supervision}/seed{seed}",
-        tags={"dataset": dataset, "model": model_name, "supervision": supervision, "seed": str(seed),
-              "git_commit": tracking.git_commit(), "stage": "train"},
-    )
-    state["run_id"] = run.info.run_id
-    if state["epoch"] == 0:
-        tracking.log_params(run_config | {"n_params": n_params, "macs_per_tile": macs, "device": str(device)})
+    if world.main:
+        run = tracking.start_run(
+            params.mlflow, state["run_id"], run_name=f"{dataset}/{model_name}/{supervision}/seed{seed}",
+            tags={"dataset": dataset, "model": model_name, "supervision": supervision, "seed": str(seed),
+                  "git_commit": tracking.git_commit(), "stage": "train"},
+        )
+        state["run_id"] = run.info.run_id
+    if world.main and state["epoch"] == 0:
+        tracking.log_params(run_config | {"n_params": n_params, "macs_per_tile": macs, "device": str(device), "processes": world.size})
         tracking.log_metrics(weak_metrics(quality))
         tracking.log_artifacts([labels_dir / "quality.json"], subdir="labels")
     try:
         for epoch in range(state["epoch"], cfg.epochs):
             t0 = time.perf_counter()
-            loader = make_loader(ds, cfg.batch_size, epoch, seed, cfg.num_workers, device.type == "cuda", cfg.tiles_per_epoch)
+            loader = make_loader(ds, cfg.batch_size, epoch, seed, cfg.num_workers, device.type == "cuda", cfg.tiles_per_epoch, world)
             gen = torch.Generator().manual_seed(seed * 100_003 + epoch)  # CPU: draws which D4 element to test
-            loss = train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp, gen)
+            loss = ddp.mean(train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp, gen, net), world)
             scheduler.step()
-            val = scores(confusion_on(model, store, val_ids, params.evaluate.batch_size, device, amp), meta["classes"]) if len(val_ids) else {}
+            if not world.main:
+                continue
+            val = scores(confusion_on(net, store, val_ids, params.evaluate.batch_size, device, amp), meta["classes"]) if len(val_ids) else {}
             row = dict(epoch=epoch + 1, train_loss=loss, val_miou=val.get("miou_macro", float("nan")),
                        val_iou_micro=val.get("iou_micro", float("nan")), seconds=time.perf_counter() - t0)
             state["history"].append(row)
@@ -155,17 +170,22 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
             score = row["val_miou"] if np.isfinite(row["val_miou"]) else -row["train_loss"]
             if score > state["best"]:
                 state["best"] = score
-                state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                state["best_state"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             state["epoch"] = epoch + 1
             with atomic_file(ckpt_file) as tmp:
-                torch.save(dict(config_hash=config_hash, model=model.state_dict(), optimiser=optimiser.state_dict(),
+                torch.save(dict(config_hash=config_hash, model=net.state_dict(), optimiser=optimiser.state_dict(),
                                 scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), state=state), tmp)
             log.info("epoch %d/%d loss %.4f val mIoU %.4f (%.1fs)", epoch + 1, cfg.epochs, loss, row["val_miou"], row["seconds"])
     except BaseException:
-        tracking.end_run("KILLED")
+        if world.main:
+            tracking.end_run("KILLED")
         raise
+    finally:
+        ddp.stop(world)
+    if not world.main:
+        return {}
 
-    model.load_state_dict(state["best_state"])
+    net.load_state_dict(state["best_state"])
     info = dict(model=model_name, options=options, in_channels=meta["bands"], num_classes=meta["num_classes"],
                 classes=meta["classes"], band_mean=meta["band_mean"], band_std=meta["band_std"],
                 tile_size=meta["tile_size"], dataset=dataset, supervision=supervision, seed=seed)
@@ -173,7 +193,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     summary = dict(best_epoch=best["epoch"], best_val_miou=best["val_miou"], final_train_loss=state["history"][-1]["train_loss"],
                    n_params=n_params, macs_per_tile=macs, train_seconds=sum(r["seconds"] for r in state["history"]))
     with atomic_dir(out) as tmp:
-        save_model(tmp / "model.pt", model, info)
+        save_model(tmp / "model.pt", net, info)
         write_history(tmp / "history.csv", state["history"])
         (tmp / "config.json").write_text(json.dumps(run_config | {"summary": summary}, indent=2, default=str) + "\n")
         (tmp / "run.json").write_text(json.dumps({"run_id": state["run_id"], "tracking_uri": params.mlflow.tracking_uri}) + "\n")

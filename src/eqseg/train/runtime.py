@@ -19,10 +19,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def set_threads(threads: int, num_workers: int) -> None:
-    """On a small CPU, loader workers and torch threads compete: leave each worker a core."""
+def set_threads(threads: int, num_workers: int, processes: int = 1) -> None:
+    """On a small CPU, loader workers and torch threads compete: leave each worker a core (cores shared by
+    `processes` training processes on one machine)."""
     if threads <= 0:
-        threads = max(1, (os.cpu_count() or 1) - num_workers)
+        threads = max(1, (os.cpu_count() or 1) // processes - num_workers)
     torch.set_num_threads(threads)
 
 
