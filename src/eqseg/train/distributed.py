@@ -52,11 +52,10 @@ def relaunch(nproc: int, args: list[str]) -> int:
 def check_devices(nproc: int, device: str) -> None:
     """One process per GPU: refuse more processes than GPUs (on the CPU, gloo runs any number, e.g. to test)."""
     from eqseg.errors import EqsegError
+    from eqseg.train.runtime import resolve_device
 
     gpus = torch.cuda.device_count()
-    if device == "cuda" and not gpus:
-        raise EqsegError("train.device: cuda was asked for but no CUDA device is available (use auto or cpu)")
-    if device != "cpu" and gpus and nproc > gpus:
+    if resolve_device(device).type == "cuda" and nproc > gpus:
         raise EqsegError(f"train.nproc: {nproc} processes but {gpus} GPUs on this machine")
 
 
