@@ -29,7 +29,7 @@ from eqseg.data.dataset import TileDataset
 from eqseg.models import build
 from eqseg.tiling.store import TileStore, build_tile_store
 from eqseg.train.loop import make_loader
-from eqseg.train.runtime import set_threads
+from eqseg.runtime import set_threads
 
 
 def step(model, opt, x, y) -> None:

@@ -29,7 +29,7 @@ from bench_tiling import ensure_inputs  # noqa: E402
 def save_untrained(model_dir: Path, tile: int) -> None:
     import torch
 
-    from eqseg.evaluate.inference import save_model
+    from eqseg.models.checkpoint import ModelInfo, save_model
     from eqseg.models import build
 
     torch.manual_seed(0)
@@ -38,7 +38,7 @@ def save_untrained(model_dir: Path, tile: int) -> None:
                 band_mean=[120.0, 135.0, 150.0], band_std=[40.0, 40.0, 40.0], tile_size=tile, dataset="bench",
                 supervision="full", seed=0)
     model_dir.mkdir(parents=True, exist_ok=True)
-    save_model(model_dir / "model.pt", model, info)
+    save_model(model_dir / "model.pt", model, ModelInfo(**info))
 
 
 def child(scene: Path, labels: Path, window: int, overlap: int, batch: int) -> None:

@@ -104,7 +104,7 @@ def small_setup(tmp_path_factory, root):
     (tmp / "params.yaml").write_text(yaml.safe_dump(p))
     params = load_params(tmp / "params.yaml")
     build_tile_store("cpm15", params.dataset("cpm15"), params.tile, tmp / "tiles")
-    make_weak_stage(params, "cpm15", "full", tmp / "tiles", tmp / "labels")
+    make_weak_stage(params, "cpm15", params.supervision("full"), tmp / "tiles", tmp / "labels")
     return tmp
 
 

@@ -5,12 +5,14 @@ Every failure the user can fix ends as one line `eqseg <command>: error: <what, 
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
 
 import click
 
+from eqseg import paths
 from eqseg.errors import EqsegError
 
 params_option = click.option(
@@ -53,7 +55,7 @@ def tile(dataset: str, params_path: Path, out: Path | None) -> None:
     from eqseg.tiling.store import build_tile_store
 
     p = _load(params_path)
-    meta = build_tile_store(dataset, p.dataset(dataset), p.tile, out or Path("results/tiles") / dataset)
+    meta = build_tile_store(dataset, p.dataset(dataset), p.tile, out or Path(paths.TILES.format(dataset=dataset)))
     click.echo(f"{dataset}: {meta['n_tiles']} tiles {meta['splits']}")
 
 
@@ -65,15 +67,10 @@ def tile(dataset: str, params_path: Path, out: Path | None) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 def weak(dataset: str, supervision: str, params_path: Path, tiles: Path | None, out: Path) -> None:
     """Make the train labels of one supervision (full, points, scribbles+superpixels, ...) with their quality record."""
-    from eqseg.config import parse_supervision
     from eqseg.weak.stage import make_weak_stage
 
     p = _load(params_path)
-    try:
-        parse_supervision(supervision)
-    except ValueError as err:
-        raise EqsegError(f"supervision: {err}") from None
-    q = make_weak_stage(p, dataset, supervision, tiles or Path("results/tiles") / dataset, out)
+    q = make_weak_stage(p, dataset, p.supervision(supervision), tiles or Path(paths.TILES.format(dataset=dataset)), out)
     precision = "-" if q.get("precision") is None else f"{q['precision']:.3f}"
     click.echo(f"{dataset}/{supervision}: labelled fraction {q['labelled_fraction']:.4f}, precision {precision}")
 
@@ -98,8 +95,8 @@ def train(params_path, dataset, model_name, supervision, seed, tiles, labels, ou
     if p.train.nproc > 1 and not os.environ.get(distributed.LAUNCHED):
         distributed.check_devices(p.train.nproc, p.train.device)
         sys.exit(distributed.relaunch(p.train.nproc, sys.argv[1:]))
-    tiles = tiles or Path("results/tiles") / dataset
-    labels = labels or Path("results/weak") / dataset / supervision
+    tiles = tiles or Path(paths.TILES.format(dataset=dataset))
+    labels = labels or Path(paths.WEAK.format(dataset=dataset, supervision=supervision))
     summary = run(p, dataset, model_name, supervision, seed, tiles, labels, out)
     if summary:  # rank 0 (or the only process)
         click.echo(f"{out}: best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']}")
@@ -148,7 +145,7 @@ def digits(params_path: Path, model_name: str, seed: int, out: Path) -> None:
 
 @cli.command()
 @params_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/report"), show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path(paths.REPORT), show_default=True)
 def report(params_path: Path, out: Path) -> None:
     """Collect the grid's test metrics into one table (report.md, summary.csv, cells.csv) and a plot."""
     from eqseg.report import report as run, to_markdown
@@ -185,7 +182,7 @@ def predict_dataset(params_path, model_dir, dataset, tiles, out) -> None:
     """Predict every test source of a dataset (every scene when split by block) as stitched GeoTIFFs, and score them."""
     from eqseg.predict.run import predict_dataset as run
 
-    r = run(_load(params_path), model_dir, dataset, tiles or Path("results/tiles") / dataset, out)
+    r = run(_load(params_path), model_dir, dataset, tiles or Path(paths.TILES.format(dataset=dataset)), out)
     scene = r["pooled"].get("scene", {}).get("miou_macro", float("nan"))
     click.echo(f"{out}: {len(r['sources'])} sources, scene mIoU {scene:.4f}")
 
@@ -217,7 +214,6 @@ def make_slide(images, masks, mask_suffix, mask_mode, include, mpp, source_mpp, 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: data/GROUP.")
 def make_slides(group, params_path: Path, out: Path | None) -> None:
     """Build the slides of the `slides.GROUP` entry of the params file (the `slides` stage before tiling)."""
-    from eqseg import paths
     from eqseg.slides.make import make_slide_group
 
     p = _load(params_path)
@@ -240,19 +236,53 @@ def tracking_init(params_path: Path) -> None:
     click.echo(f"mlflow: {p.mlflow.tracking_uri} experiment {p.mlflow.experiment!r} (id {exp})")
 
 
+def _command_name(argv: list[str]) -> str:
+    """The subcommand the user ran (`eqseg -v tile ...` -> 'tile'), for the prefix of error lines."""
+    return next((a for a in argv if a in cli.commands), "")
+
+
+def _quiet_libraries(argv: list[str]) -> None:
+    """Readers that log their own diagnosis of a bad file (tifffile logs ERROR/WARNING lines for a truncated
+    OME-TIFF before raising) would bury eqseg's one line; -v shows them again."""
+    if "-v" not in argv and "--verbose" not in argv:
+        for name in ("tifffile", "imagecodecs"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _fail(cmd: str, message: str, status: int) -> None:
+    line = " ".join(str(message).split())  # one line, whatever the message holds
+    click.echo(f"eqseg {cmd}: error: {line}" if cmd else f"eqseg: error: {line}", err=True)
+    sys.exit(status)
+
+
+# Environment failures that are not bugs: one line naming the path, not a traceback.
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
 def main() -> None:
+    argv = sys.argv[1:]
+    cmd = _command_name(argv)
+    _quiet_libraries(argv)
     try:
         cli(standalone_mode=False)
     except EqsegError as err:
-        cmd = sys.argv[1] if len(sys.argv) > 1 else ""
-        click.echo(f"eqseg {cmd}: error: {err}".replace("  ", " "), err=True)
-        sys.exit(2)
+        _fail(cmd, str(err), 2)
     except click.exceptions.Abort:
         click.echo("eqseg: aborted", err=True)
         sys.exit(130)
-    except click.ClickException as err:
-        err.show()
+    except click.exceptions.NoArgsIsHelpError as err:
+        err.show()  # `eqseg` alone: the help text
         sys.exit(err.exit_code)
+    except click.UsageError as err:  # unknown option, missing --out, bad choice...
+        ctx = err.ctx.command_path if err.ctx is not None else "eqseg"
+        _fail(cmd, f"{err.format_message()} (see {ctx} --help)", err.exit_code)
+    except click.ClickException as err:
+        _fail(cmd, err.format_message(), err.exit_code)
+    except OSError as err:
+        if err.errno not in _ENV_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(cmd, f"{where}{err.strerror}", 2)
 
 
 if __name__ == "__main__":

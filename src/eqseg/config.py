@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -19,6 +21,18 @@ from eqseg.errors import EqsegError
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Names from params become folder names, Snakemake wildcards, DVC matrix keys and shell words: letters, digits and
+# _ . - only (no separators, no "..", nothing a shell interprets), starting with a letter or digit.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_name(what: str | None, name: str) -> str:
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what + ': ' if what else ''}{name!r} is not a valid name (letters, digits, _ . - only, starting with a letter "
+                         "or digit: it becomes a folder name and a command-line word)")
+    return name
 
 
 class SplitConfig(_Strict):
@@ -135,6 +149,175 @@ class SlideGroup(_Strict):
     slides: dict[str, SlideToBuild] = Field(min_length=1)
 
 
+class UNetOptions(_Strict):
+    """Options of `unet` (and of the escnn U-Nets c8_unet/d8_unet)."""
+
+    depth: int = Field(3, ge=1, le=8)
+    width: int = Field(16, gt=0)
+
+    @property
+    def tile_multiple(self) -> int:
+        return 2**self.depth
+
+
+class GroupUNetOptions(UNetOptions):
+    """Options of `p4_unet`/`p4m_unet`: width in raw channels; match the unet's raw width or its parameter count."""
+
+    match: Literal["channels", "params"] = "channels"
+
+
+class GridNetOptions(_Strict):
+    rows: int = Field(3, ge=1, le=8)
+    columns: int = Field(4, ge=2)
+    width: int = Field(8, gt=0)
+
+    @property
+    def tile_multiple(self) -> int:
+        return 2 ** (self.rows - 1)
+
+
+# Every model name eqseg.models can build, with its typed options (a test checks both lists agree).
+MODEL_OPTIONS: dict[str, type[_Strict]] = {
+    "unet": UNetOptions, "p4_unet": GroupUNetOptions, "p4m_unet": GroupUNetOptions, "gridnet": GridNetOptions,
+    "c8_unet": UNetOptions, "d8_unet": UNetOptions,
+}
+
+
+class _Term(_Strict):
+    weight: float = Field(ge=0)
+
+
+class LovaszTerm(_Term):
+    classes: Literal["present", "all"] = "present"
+    per_image: bool = False
+
+
+class DiceTerm(_Term):
+    classes: Literal["present", "all"] = "present"
+    smooth: float = Field(1.0, gt=0)
+
+
+class MilTerm(_Term):
+    pool: Literal["lse", "topk", "max", "mean"] = "lse"
+    sharpness: float = Field(5.0, gt=0)
+    top: float = Field(0.1, gt=0, le=1)
+
+
+# Loss terms and their typed options (eqseg.losses.TERMS has the same names; a test checks the options agree).
+LOSS_TERMS: dict[str, type[_Term]] = {"ce": _Term, "lovasz": LovaszTerm, "dice": DiceTerm, "mil": MilTerm, "consistency": _Term}
+
+
+def check_loss_spec(spec: dict) -> None:
+    """A loss spec maps terms to a weight or to {weight, **options}; at least one weight must be positive."""
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError(f"must be a non-empty mapping of term to weight (terms: {', '.join(LOSS_TERMS)})")
+    positive = False
+    for name, value in spec.items():
+        if name not in LOSS_TERMS:
+            raise ValueError(f"unknown term {name!r} (allowed: {', '.join(LOSS_TERMS)})")
+        opts = dict(value) if isinstance(value, dict) else {"weight": value}
+        try:
+            term = LOSS_TERMS[name].model_validate(opts)
+        except ValidationError as err:
+            raise ValueError(_first_error(name, err)) from None
+        positive = positive or term.weight > 0
+    if not positive:
+        raise ValueError("every term has weight 0; give at least one a positive weight")
+
+
+class PointsOptions(_Strict):
+    per_object: int = Field(1, ge=1)
+    background: int | None = Field(None, ge=0)
+    focus: float = Field(2.0, ge=0)
+
+
+class ScribblesOptions(_Strict):
+    per_object: int = Field(1, ge=1)
+    background: int | None = Field(None, ge=0)
+    width: int = Field(1, ge=1)
+    erosion: int = Field(2, ge=0)
+    length: int = Field(48, ge=1)
+
+
+class BoxesOptions(_Strict):
+    inside: Literal["class", "unknown"] = "class"
+    jitter: int = Field(0, ge=0)
+
+
+class CoarseOptions(_Strict):
+    factor: int = Field(8, ge=2)
+    band: int | None = Field(None, ge=0)
+
+
+class TagsOptions(_Strict):
+    min_pixels: int = Field(1, ge=1)
+
+
+class PartialOptions(_Strict):
+    fraction: float = Field(0.1, gt=0, le=1)
+
+
+class RegionGrowingOptions(_Strict):
+    threshold: float = Field(1.0, gt=0)
+    max_steps: int = Field(64, ge=1)
+
+
+class WatershedOptions(_Strict):
+    compactness: float = Field(0.0, ge=0)
+
+
+class SuperpixelsOptions(_Strict):
+    algorithm: Literal["slic", "felzenszwalb"] = "slic"
+    segment_area: int = Field(64, ge=1)
+    compactness: float = Field(0.3, gt=0)
+    scale: float = Field(100.0, gt=0)
+
+
+class KmeansOptions(_Strict):
+    iterations: int = Field(10, ge=1)
+
+
+# Weak kinds and expansion methods of eqseg.weak with their typed options (a test checks they match the functions).
+WEAK_KINDS: dict[str, type[_Strict]] = {"points": PointsOptions, "scribbles": ScribblesOptions, "boxes": BoxesOptions,
+                                        "coarse": CoarseOptions, "tags": TagsOptions, "partial": PartialOptions}
+EXPANSIONS: dict[str, type[_Strict]] = {"none": _Strict, "region_growing": RegionGrowingOptions,
+                                        "watershed": WatershedOptions, "superpixels": SuperpixelsOptions,
+                                        "kmeans": KmeansOptions}
+
+
+def _first_error(where: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"])
+    msg = "unknown option" if e["type"] == "extra_forbidden" else e["msg"]
+    return f"{where}.{key}: {msg} (got {e.get('input')!r})" if key else f"{where}: {msg}"
+
+
+@dataclass(frozen=True)
+class Supervision:
+    """A parsed supervision name: 'full', a weak kind ('points'), or a kind and its expansion ('points+watershed')."""
+
+    name: str
+    kind: str
+    expansion: str = "none"
+
+    @property
+    def is_full(self) -> bool:
+        return self.kind == "full"
+
+
+def parse_supervision(name: str) -> Supervision:
+    """Parse and check a supervision name (ValueError with one line if unknown); the one parser in eqseg."""
+    KINDS, METHODS = tuple(WEAK_KINDS), tuple(EXPANSIONS)
+    kind, _, expansion = str(name).partition("+")
+    if kind != "full" and kind not in KINDS:
+        raise ValueError(f"unknown supervision {name!r} (allowed: full, {', '.join(KINDS)}, optionally +expansion)")
+    if expansion and (expansion not in METHODS or expansion == "none"):
+        raise ValueError(f"unknown expansion in {name!r} (allowed: {', '.join(m for m in METHODS if m != 'none')})")
+    if expansion and kind in ("full", "tags", "partial"):
+        raise ValueError(f"supervision {name!r}: {kind} labels cannot be expanded")
+    return Supervision(name, kind, expansion or "none")
+
+
 DatasetConfig = Annotated[Union[PairsDataset, GeoTiffDataset, SlideDataset], Field(discriminator="kind")]
 
 
@@ -206,9 +389,25 @@ class DigitsConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class NormaliseConfig(_Strict):
+    """How pixel values become network inputs: one recorded choice, applied the same way by train, evaluate, predict
+    and predict-dataset, and written into model.pt and every metrics file.
+
+    train: the band statistics of the model's training split (travel in model.pt); dataset: the statistics of the
+    dataset being scored (label-free; for data from elsewhere); image: each source's own statistics (a scene,
+    slide or image, computed over its valid pixels)."""
+
+    mode: Literal["train", "dataset", "image"] = "train"
+
+
 class MlflowConfig(_Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "eqseg"
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_name(cls, v: str) -> str:
+        return check_name(None, v)
 
     @field_validator("tracking_uri")
     @classmethod
@@ -216,21 +415,6 @@ class MlflowConfig(_Strict):
         if not (v.startswith(("sqlite:///", "http://", "https://", "postgresql", "mysql", "databricks"))):
             raise ValueError(f"use a database or server URI such as sqlite:///mlflow.db (got {v!r})")
         return v
-
-
-def parse_supervision(name: str) -> tuple[str, str]:
-    """'full', a weak kind ('points'), or a kind with its classical expansion ('points+watershed')."""
-    from eqseg.weak import KINDS
-    from eqseg.weak.expand import METHODS
-
-    kind, _, expansion = name.partition("+")
-    if kind != "full" and kind not in KINDS:
-        raise ValueError(f"unknown supervision {name!r} (allowed: full, {', '.join(KINDS)}, optionally +expansion)")
-    if expansion and (expansion not in METHODS or expansion == "none"):
-        raise ValueError(f"unknown expansion in {name!r} (allowed: {', '.join(m for m in METHODS if m != 'none')})")
-    if expansion and kind in ("full", "tags", "partial"):
-        raise ValueError(f"supervision {name!r}: {kind} labels cannot be expanded")
-    return kind, expansion or "none"
 
 
 class GridConfig(_Strict):
@@ -244,6 +428,13 @@ class GridConfig(_Strict):
     def _known_supervision(cls, v: list[str]) -> list[str]:
         for name in v:
             parse_supervision(name)
+        return v
+
+    @field_validator("datasets", "models")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            check_name(None, name)
         return v
 
 
@@ -265,13 +456,18 @@ class Params(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     digits: DigitsConfig = DigitsConfig()
     predict: PredictConfig = PredictConfig()
+    normalise: NormaliseConfig = NormaliseConfig()
     mlflow: MlflowConfig = MlflowConfig()
     grid: GridConfig
 
     @model_validator(mode="after")
     def _grid_refers_to_known_names(self):
-        from eqseg.models import available
-
+        """Cross-references and domain options, checked without building anything (loading params never imports
+        torch: it runs in the Snakefile, in `eqseg check` and before every command)."""
+        for name in self.datasets:
+            check_name("datasets", name)
+        for name in self.slides:
+            check_name("slides", name)
         for name in self.grid.datasets:
             if name not in self.datasets:
                 raise ValueError(f"grid.datasets: unknown dataset {name!r} (defined: {sorted(self.datasets)})")
@@ -279,41 +475,50 @@ class Params(_Strict):
             if not isinstance(self.datasets.get(name), SlideDataset):
                 raise ValueError(f"slides.{name}: no dataset {name!r} of kind slide (slides are built into data/{name}/ "
                                  "and tiled as the dataset of the same name)")
-        for name in self.models:
-            if name not in available():
-                raise ValueError(f"models: unknown model {name!r} (allowed: {available()})")
+        for name, options in self.models.items():
+            if name not in MODEL_OPTIONS:
+                raise ValueError(f"models: unknown model {name!r} (allowed: {sorted(MODEL_OPTIONS)})")
+            try:
+                typed = MODEL_OPTIONS[name].model_validate(options or {})
+            except ValidationError as err:
+                raise ValueError(_first_error(f"models.{name}", err)) from None
+            if name in self.grid.models and self.tile.size % typed.tile_multiple:
+                raise ValueError(f"tile.size ({self.tile.size}) must be a multiple of {typed.tile_multiple} for model "
+                                 f"{name!r} (2**depth)")
         for name in self.grid.models:
             if name not in self.models:
                 raise ValueError(f"grid.models: model {name!r} has no entry under models (defined: {sorted(self.models)})")
-        from eqseg.losses import build_loss
-        from eqseg.weak import KINDS
-        from eqseg.weak.expand import METHODS
-
         for key, spec in [("train.loss", self.train.loss)] + [(f"train.loss_for.{k}", v) for k, v in self.train.loss_for.items()]:
             try:
-                build_loss(spec)
-            except EqsegError as err:
+                check_loss_spec(spec)
+            except ValueError as err:
                 raise ValueError(f"{key}: {err}") from None
-        for kind in self.weak.options:
-            if kind not in KINDS:
-                raise ValueError(f"weak.options: unknown kind {kind!r} (allowed: {', '.join(KINDS)})")
-        for method in self.weak.expansion_options:
-            if method not in METHODS:
-                raise ValueError(f"weak.expansion_options: unknown method {method!r} (allowed: {', '.join(METHODS)})")
-        from eqseg.models import tile_multiple
-
-        for name in self.grid.models:
-            try:
-                multiple = tile_multiple(name, self.models[name])
-            except EqsegError as err:
-                raise ValueError(str(err)) from None
-            if self.tile.size % multiple:
-                raise ValueError(f"tile.size ({self.tile.size}) must be a multiple of {multiple} for model {name!r} (2**depth)")
+        self._check_weak_options()
         return self
 
-    def loss_spec(self, supervision: str) -> dict[str, Any]:
-        kind, _ = parse_supervision(supervision)
-        return dict(self.train.loss_for.get(kind, self.train.loss))
+    def _check_weak_options(self) -> None:
+        """Unknown kinds, methods or option names fail here, at load, rather than inside `eqseg weak` later."""
+        for key, table, given in (("weak.options", WEAK_KINDS, self.weak.options),
+                                  ("weak.expansion_options", EXPANSIONS, self.weak.expansion_options)):
+            for name, opts in given.items():
+                if name not in table:
+                    raise ValueError(f"{key}: unknown {'kind' if table is WEAK_KINDS else 'method'} {name!r} "
+                                     f"(allowed: {', '.join(table)})")
+                try:
+                    table[name].model_validate(opts or {})
+                except ValidationError as err:
+                    raise ValueError(_first_error(f"{key}.{name}", err)) from None
+
+    def supervision(self, name: str) -> Supervision:
+        """The parsed supervision of a command-line argument (EqsegError with one line if unknown)."""
+        try:
+            return parse_supervision(name)
+        except ValueError as err:
+            raise EqsegError(f"supervision: {err}") from None
+
+    def loss_spec(self, supervision: str | Supervision) -> dict[str, Any]:
+        sup = supervision if isinstance(supervision, Supervision) else parse_supervision(supervision)
+        return dict(self.train.loss_for.get(sup.kind, self.train.loss))
 
     def model_options(self, name: str) -> dict[str, Any]:
         if name not in self.models:
@@ -337,6 +542,9 @@ def _format_error(source: str, err: ValidationError) -> str:
     elif "input" in first and not isinstance(first["input"], (dict, list)):
         msg = f"{msg} (got {first['input']!r})"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "value_error" and not loc:  # cross-field checks name their keys themselves
+        msg = msg.split(" (got ")[0] if msg.endswith(f"(got {first.get('input')!r})") else msg
+        return f"{source}: {msg}{more}"
     return f"{source}: {loc or '<top>'}: {msg}{more}"
 
 

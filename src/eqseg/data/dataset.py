@@ -10,29 +10,27 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from eqseg.data.normalise import Normaliser
 from eqseg.errors import EqsegError
-from eqseg.tiling.sources import IGNORE
+from eqseg.labels import IGNORE
+from eqseg.models.groups import D4
 from eqseg.tiling.store import TileStore
-
-
-def d4_numpy(a: np.ndarray, g: int) -> np.ndarray:
-    """Apply D4 element g (0-3: rotations by g*90 degrees; 4-7: the same after a horizontal flip) on the last two axes."""
-    if g >= 4:
-        a = a[..., ::-1]
-    return np.rot90(a, g % 4, axes=(-2, -1))
 
 
 class TileDataset(Dataset):
     """Items are (image float32 (C,S,S), mask int64 (S,S), tags float32 (K,) or empty).
 
     Labels default to the store's dense masks; `labels`/`label_ids` substitute the output of `eqseg weak`: per-pixel
-    labels (N, S, S), or an image-level tag matrix (N, K), in which case the mask is all unlabelled (255).
+    labels (N, S, S), or an image-level tag matrix (N, K), in which case the mask is all unlabelled (255). Inputs are
+    normalised by `normaliser` (default: the store's train-split statistics, `normalise.mode: train`).
     """
 
     def __init__(self, store: TileStore, ids: np.ndarray, augment: str = "none", seed: int = 0,
-                 labels: np.ndarray | None = None, label_ids: np.ndarray | None = None):
+                 labels: np.ndarray | None = None, label_ids: np.ndarray | None = None,
+                 normaliser: Normaliser | None = None):
         self.images = store.images
-        self.meta = store.meta
+        self.normaliser = normaliser or Normaliser("train", store.meta["band_mean"], store.meta["band_std"])
+        self.sources = store.index.set_index("tile_id").source if self.normaliser.mode == "image" else None
         self.ids = np.asarray(ids)
         if labels is None:
             self.labels, self.rows = store.masks, self.ids
@@ -55,20 +53,14 @@ class TileDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int):
-        image = normalise(self.images[self.ids[i]][None], self.meta)[0]
+        tile = int(self.ids[i])
+        image = self.normaliser(self.images[tile][None], None if self.sources is None else self.sources[tile])[0]
         label = np.asarray(self.labels[self.rows[i]])
         if self.tag_mode:
             mask, tags = np.full((self.size, self.size), IGNORE, dtype=np.uint8), torch.from_numpy(label.astype(np.float32))
         else:
             mask, tags = label, torch.zeros(0)
         if self.augment == "d4":
-            g = int(np.random.default_rng((self.seed, self.epoch, int(self.ids[i]))).integers(8))
-            image, mask = d4_numpy(image, g), d4_numpy(mask, g)
+            g = int(np.random.default_rng((self.seed, self.epoch, tile)).integers(D4.order))
+            image, mask = D4.transform_numpy(image, g), D4.transform_numpy(mask, g)
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(mask.astype(np.int64)), tags
-
-
-def normalise(images: np.ndarray, meta: dict) -> np.ndarray:
-    """Raw tiles (N, C, S, S) to float32 with the train split's band statistics."""
-    mean = np.asarray(meta["band_mean"], dtype=np.float32)[:, None, None]
-    std = np.asarray(meta["band_std"], dtype=np.float32)[:, None, None]
-    return (np.asarray(images, dtype=np.float32) - mean) / std

@@ -17,20 +17,12 @@ import torch.nn.functional as F
 from eqseg.digits.data import DEFAULT_CSV, load_digits, rotate_quarter, rotate_random, split
 from eqseg.digits.nets import NETS
 from eqseg.errors import EqsegError
+from eqseg.runtime import resolve_device
 
 __all__ = ["run"]
 
 BATCH_SIZE = 32
 LEARNING_RATE = 3e-3
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise EqsegError(f"digits: bad device {device!r} ({err})") from None
 
 
 def train(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:

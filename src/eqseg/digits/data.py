@@ -14,6 +14,7 @@ import torch
 from scipy import ndimage
 
 from eqseg.errors import EqsegError
+from eqseg.models.groups import P4
 
 DEFAULT_CSV = Path(__file__).resolve().parents[3] / "data" / "mnist5k" / "mnist_5k.csv.gz"
 N_TEST = 1000
@@ -43,8 +44,8 @@ def split(images: torch.Tensor, labels: torch.Tensor, n_train: int):
 
 
 def rotate_quarter(images: torch.Tensor, k: int) -> torch.Tensor:
-    """Exact rotation by k*90° about the image centre, the same centre the networks' layers preserve."""
-    return torch.rot90(images, k, dims=(-2, -1))
+    """Exact rotation by k*90° about the image centre (element r_k of the one D4, `models.groups`)."""
+    return P4.transform(images, k % 4)
 
 
 def rotate_random(images: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -10,12 +10,14 @@ import torch
 
 from eqseg import tracking
 from eqseg.config import Params
-from eqseg.data.dataset import normalise
+from eqseg.data import normalise as norm
 from eqseg.errors import EqsegError
-from eqseg.evaluate.inference import confusion_on, load_model, predict_tiles
-from eqseg.evaluate.metrics import IGNORE, scores
+from eqseg.inference import confusion_on, normaliser_for, normalised_tiles, predict_tiles
+from eqseg.metrics import IGNORE, scores
+from eqseg.models.checkpoint import load_model
+from eqseg.models.groups import D4, equivariance_errors as group_errors
+from eqseg.runtime import resolve_device
 from eqseg.tiling.store import TileStore
-from eqseg.train.runtime import resolve_device
 from eqseg.utils.atomic import atomic_dir, write_json
 
 
@@ -24,18 +26,22 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     device = resolve_device(cfg.device)
     store = TileStore(tiles)
     model, info = load_model(model_dir / "model.pt", device)
+    info.check_inputs(store.meta["bands"], store.meta["classes"], str(tiles))
     test_ids = store.ids("test")
     if len(test_ids) == 0:
         raise EqsegError(f"{tiles}: the test split has no tiles")
-    cm = confusion_on(model, store, test_ids, cfg.batch_size, device)
+    normaliser = normaliser_for(params.normalise.mode, info, store, test_ids)
+    cm = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser)
     preview = preview_ids(store, test_ids, cfg.n_preview)
-    x = torch.from_numpy(normalise(store.images[preview], store.meta)).to(device)
-    metrics = scores(cm, store.meta["classes"]) | {"n_test_tiles": int(len(test_ids))} | equivariance_errors(model, x)
+    x = torch.from_numpy(normalised_tiles(store, preview, normaliser)).to(device)
+    metrics = (scores(cm, store.meta["classes"]) | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode}
+               | equivariance_errors(model, x))
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "inputs.json", {"normalise": normaliser.record, "model": info.model_dump(exclude={"band_mean", "band_std"})})
         np.savetxt(tmp / "confusion.csv", cm, fmt="%d", delimiter=",", header=",".join(store.meta["classes"]))
         plot_confusion(tmp / "confusion.png", cm, store.meta["classes"])
-        preds = np.concatenate([p for _, p in predict_tiles(model, store, preview, cfg.batch_size, device)])
+        preds = np.concatenate([p for _, p in predict_tiles(model, store, preview, cfg.batch_size, device, normaliser)])
         plot_predictions(tmp / "predictions.png", store, preview, preds)
     run_file = model_dir / "run.json"
     if run_file.is_file():
@@ -47,18 +53,17 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     return metrics
 
 
-@torch.no_grad()
 def equivariance_errors(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """max|f(g·x) - g·f(x)| / max|f(x)| on the logits, for each non-identity element g of D4 (rotations by 90°
-    and reflections), and their maximum: 0 up to rounding for an equivariant model, large for a plain CNN."""
-    from eqseg.losses.d4 import ORDER, d4_apply
-
+    """max|f(g·x) - g·f(x)| / max|f(x)| on the logits (eval mode) for each non-identity element of D4, named as in
+    `models.groups` (r1..r3 rotations, m, mr1..mr3 reflections), their maximum over rotations, over reflections
+    and over all: 0 up to rounding for p4m models, rotations only for p4, large for a plain CNN."""
     model.eval()
-    fx = model(x).float()
-    scale = fx.abs().max().clamp_min(1e-12)
-    errs = {f"equivariance_error_g{g}": float((model(d4_apply(x, g)).float() - d4_apply(fx, g)).abs().max() / scale)
-            for g in range(1, ORDER)}
-    return errs | {"equivariance_error_max": max(errs.values())}
+    errs = group_errors(model, x, D4)
+    out = {f"equivariance_error_{name}": v for name, v in errs.items() if name != "e"}
+    rot = [v for g, v in enumerate(errs.values()) if g and not D4.is_reflection(g)]
+    ref = [v for g, v in enumerate(errs.values()) if D4.is_reflection(g)]
+    return out | {"equivariance_error_rotations": max(rot), "equivariance_error_reflections": max(ref),
+                  "equivariance_error_max": max(rot + ref)}
 
 
 def preview_ids(store: TileStore, ids: np.ndarray, n: int) -> np.ndarray:
@@ -80,7 +85,7 @@ def _palette(n: int) -> np.ndarray:
 
 def _display(image: np.ndarray, meta: dict) -> np.ndarray:
     """A tile as an RGB float image in [0, 1], contrast-stretched per band (works for 1 band and for uint16)."""
-    x = normalise(image[None], meta)[0]
+    x = norm.normalise(image[None], meta["band_mean"], meta["band_std"])[0]
     x = x[:3] if x.shape[0] >= 3 else np.repeat(x[:1], 3, axis=0)
     x = np.clip((x + 2.5) / 5.0, 0, 1)
     return x.transpose(1, 2, 0)
@@ -114,13 +119,13 @@ def plot_confusion(path: Path, cm: np.ndarray, classes: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5), dpi=110)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     for r in range(len(classes)):
         for c in range(len(classes)):
-            ax.text(c, r, f"{norm[r, c]:.2f}\n{cm[r, c]:,}", ha="center", va="center", fontsize=8,
-                    color="white" if norm[r, c] > 0.5 else "black")
+            ax.text(c, r, f"{frac[r, c]:.2f}\n{cm[r, c]:,}", ha="center", va="center", fontsize=8,
+                    color="white" if frac[r, c] > 0.5 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=30)
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")

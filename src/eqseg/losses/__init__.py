@@ -12,16 +12,23 @@ import torch
 
 from eqseg.errors import EqsegError
 from eqseg.losses.consistency import consistency_loss
-from eqseg.losses.d4 import d4_apply, d4_inverse
 from eqseg.losses.lovasz import lovasz_softmax
 from eqseg.losses.mil import image_scores, mil_loss
 from eqseg.losses.pixel import IGNORE, dice_loss, partial_cross_entropy
-from eqseg.weak.options import check_known, require_float
+from eqseg.models.groups import D4
+from eqseg.utils.options import check_known, require_float
 
 __all__ = [
     "IGNORE", "TERMS", "WeightedLoss", "build_loss", "consistency_loss", "d4_apply", "d4_inverse", "dice_loss",
     "image_scores", "lovasz_softmax", "mil_loss", "partial_cross_entropy",
 ]
+
+d4_apply = D4.transform  # g·x on the last two dims: the one D4 of eqseg (models.groups)
+
+
+def d4_inverse(g: int) -> int:
+    return D4.inverse(g)
+
 
 # term -> (function, the inputs it takes first, in order; the first two are required)
 TERMS: dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]] = {

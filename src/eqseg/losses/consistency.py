@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from eqseg.losses.d4 import ORDER, d4_apply
 from eqseg.losses.pixel import as_float
+from eqseg.models.groups import D4
 
 
 def consistency_loss(
@@ -21,9 +21,9 @@ def consistency_loss(
     Pass `logits` = f(x) when already computed for the supervised loss, to save one forward pass. Gradient flows
     through both branches, so the constraint pulls them together rather than one onto a fixed target.
     """
-    g = int(torch.randint(1, ORDER, (1,), generator=generator))
+    g = int(torch.randint(1, D4.order, (1,), generator=generator))
     if logits is None:
         logits = model(x)
-    expected = d4_apply(torch.softmax(as_float(logits), dim=1), g)
-    turned = torch.softmax(as_float(model(d4_apply(x, g))), dim=1)
+    expected = D4.transform(torch.softmax(as_float(logits), dim=1), g)
+    turned = torch.softmax(as_float(model(D4.transform(x, g))), dim=1)
     return ((turned - expected) ** 2).sum(dim=1).mean()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from eqseg.losses.pixel import IGNORE, as_float, zero
-from eqseg.weak.options import require_choice
+from eqseg.utils.options import require_choice
 
 
 def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from eqseg.weak.options import require_choice, require_float
+from eqseg.utils.options import require_choice, require_float
 
-IGNORE = 255
+from eqseg.labels import IGNORE
 
 
 def as_float(logits: torch.Tensor) -> torch.Tensor:

@@ -48,12 +48,6 @@ def build(name: str, in_channels: int, num_classes: int, **options) -> torch.nn.
         raise EqsegError(f"models.{name}: bad option ({err})") from None
 
 
-def tile_multiple(name: str, options: dict) -> int:
-    """The number tile sides must be a multiple of for this model (2**depth for U-Nets, 2**(rows-1) for GridNet)."""
-    model = build(name, 1, 2, **options)
-    return int(getattr(model, "tile_multiple", 1))
-
-
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

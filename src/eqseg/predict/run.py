@@ -2,8 +2,10 @@
 
 Windows are read from the source (strips aligned to the file's blocks, tissue-only tiles of slides), normalised with
 the model's band statistics, predicted in batches (optionally under the 8 D4 transforms), blended into a band of rows
-(eqseg.predict.stitch) and written row of blocks by row of blocks (eqseg.predict.writer). The class map carries the
-source's CRS and transform (level-0 pixel coordinates and the pixel size for slides, with overviews). Scene metrics
+(eqseg.predict.stitch) and written row of blocks by row of blocks (eqseg.predict.writer). The last window of each
+row and column is shifted back to end at the source's edge, never padded past it. The class map (255 = nodata, and
+no tissue on slides) carries the source's CRS and transform (level-0 pixel coordinates and the pixel size for
+slides), overviews, and its class names beside it (NAME.tif.aux.xml for GDAL, NAME.qml for QGIS). Scene metrics
 come from one confusion matrix accumulated over the finished rows, so each pixel is counted once; with the tile store
 given, also over the test tiles only (the fair score for scenes split by blocks).
 """
@@ -19,32 +21,24 @@ import numpy as np
 import rasterio
 import torch
 from affine import Affine
+from rasterio.enums import Resampling
+from tqdm.auto import tqdm
 
 from eqseg.config import GeoTiffDataset, PairsDataset, Params, PredictConfig, SlideDataset
 from eqseg.errors import EqsegError
-from eqseg.evaluate.metrics import IGNORE, confusion, scores
+from eqseg.metrics import IGNORE, confusion, scores
 from eqseg.predict.stitch import RowBand
 from eqseg.slides.readers import slide_name
-from eqseg.predict.writer import RowWriter, add_overviews, profile
+from eqseg.predict.writer import RowWriter, add_overviews, class_colours, profile, write_class_styles
 from eqseg.tiling import grid
 from eqseg.tiling.sources import GDAL_CACHE_BYTES
-from eqseg.train.runtime import autocast
+from eqseg.data.normalise import Normaliser
+from eqseg.models.checkpoint import ModelInfo
+from eqseg.models.groups import D4
+from eqseg.runtime import autocast
 from eqseg.utils.atomic import atomic_file, write_json
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------- D4 test-time augmentation
-def d4(x: torch.Tensor, g: int) -> torch.Tensor:
-    """D4 element g on the last two axes, as eqseg.data.dataset.d4_numpy (flip first for g >= 4, then rotate)."""
-    if g >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, g % 4, dims=(-2, -1))
-
-
-def d4_inverse(x: torch.Tensor, g: int) -> torch.Tensor:
-    x = torch.rot90(x, -(g % 4), dims=(-2, -1))
-    return x.flip(-1) if g >= 4 else x
 
 
 @dataclass
@@ -66,15 +60,15 @@ def window_probabilities(model, x: np.ndarray, tta: bool, device: torch.device, 
     """Softmax probabilities (B, K, S, S) of normalised windows, averaged over the D4 group with tta."""
     xs = torch.from_numpy(x).to(device)
     total = None
-    group = range(8) if tta else (0,)
+    group = range(D4.order) if tta else (0,)
     for g in group:
         t0 = time.perf_counter()
         with autocast(device, True):
-            logits = model(d4(xs, g))
+            logits = model(D4.transform(xs, g))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timing.forward += time.perf_counter() - t0
-        p = d4_inverse(torch.softmax(logits.float(), dim=1), g)
+        p = D4.untransform(torch.softmax(logits.float(), dim=1), g)
         total = p if total is None else total + p
     return (total / len(group)).cpu().numpy()
 
@@ -105,38 +99,43 @@ def _region(shapes, tree, transform: Affine, top: int, n: int, width: int) -> np
 
 
 def predict_source(
-    model, info: dict, source, cfg: PredictConfig, device: torch.device, out: Path, proba_out: Path | None = None,
-    test_footprints: list | None = None, labelled: bool = True,
+    model, info: ModelInfo, source, cfg: PredictConfig, device: torch.device, out: Path, proba_out: Path | None = None,
+    test_footprints: list | None = None, labelled: bool = True, normaliser: Normaliser | None = None,
 ) -> dict:
     """Predict one source into `out` (class map, 255 = nodata) and optionally `proba_out`; return its metrics
-    (scene scores only when the source has labels)."""
+    (scene scores only when the source has labels). Windows are normalised by `normaliser` (default: the model's
+    training statistics, `normalise.mode: train`)."""
     from shapely import STRtree
 
-    S = cfg.window or int(info["tile_size"])
+    info = info if isinstance(info, ModelInfo) else ModelInfo.model_validate(info)
+    normaliser = normaliser or Normaliser("train", info.band_mean, info.band_std)
+    S = cfg.window or int(info.tile_size)
     multiple = int(getattr(model, "tile_multiple", 1))
     path = getattr(source, "path", None) or source.image_path
     if S % multiple or 2 * cfg.overlap >= S:
         raise EqsegError(f"predict: window {S} must be a multiple of {multiple} (2**depth) and more than twice overlap ({cfg.overlap})")
-    if source.bands != info["in_channels"]:
-        raise EqsegError(f"{path}: {source.bands} bands, but the model was trained on {info['in_channels']}")
-    K, classes, H, W = int(info["num_classes"]), list(info["classes"]), source.height, source.width
-    mean = np.asarray(info["band_mean"], dtype=np.float32)[:, None, None]
-    inv_std = 1.0 / np.asarray(info["band_std"], dtype=np.float32)[:, None, None]
+    info.check_inputs(source.bands, None, str(path))
+    K, classes, H, W = info.num_classes, list(info.classes), source.height, source.width
     background = getattr(source, "background", None)
-    fill = IGNORE if background is None else background
-    rows, cols = grid.tile_origins(H, S, cfg.overlap), grid.tile_origins(W, S, cfg.overlap)
+    # the last window of each row and column ends at the source's edge (shifted back inside, never padded past it)
+    rows, cols = grid.window_origins(H, S, cfg.overlap), grid.window_origins(W, S, cfg.overlap)
     band = RowBand(K, S, W, cfg.overlap)
     transform = output_transform(source)
     tree = STRtree(test_footprints) if test_footprints else None
     cm_all, cm_test = np.zeros((K, K), dtype=np.int64), np.zeros((K, K), dtype=np.int64)
     timing = Timing()
     model.eval()
+    # A progress bar in a terminal (stderr), none in logs (tqdm's disable=None: off when stderr is not a TTY).
+    progress = tqdm(total=len(rows) * len(cols), desc=f"predict {source.name}", unit="window", disable=None, leave=False)
     # A small GDAL block cache: written rows of blocks go to the file at once instead of piling up in memory.
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), atomic_file(out) as tmp, _proba_target(proba_out) as tmp_p:
+    with progress, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), atomic_file(out) as tmp, _proba_target(proba_out) as tmp_p:
         maps = RowWriter(tmp, **profile(H, W, 1, "uint8", source.crs, transform, 255))
         probs_w = RowWriter(tmp_p, **profile(H, W, K, cfg.probabilities, source.crs, transform,
                                              None if cfg.probabilities == "uint8" else float("nan"))) if tmp_p else None
         _describe_output(maps.dataset, source, classes)
+        if probs_w:
+            for k, name in enumerate(classes, 1):
+                probs_w.dataset.set_band_description(k, name)
         for i, r in enumerate(rows):
             for start in range(0, len(cols), cfg.batch_size):
                 chunk = cols[start : start + cfg.batch_size]
@@ -146,17 +145,20 @@ def predict_source(
                 timing.skipped += len(reads) - len(active)
                 probs = None
                 if active:
-                    x = (np.stack([reads[k].image for k in active]).astype(np.float32) - mean) * inv_std
+                    x = normaliser(np.stack([reads[k].image for k in active]), source.name)
                     probs = dict(zip(active, window_probabilities(model, x, cfg.tta, device, timing)))
                 for k, (c, rd) in enumerate(zip(chunk, reads)):
                     band.add(c, probs.get(k) if probs else None, rd.mask, rd.valid)
+                progress.update(len(chunk))
             n = (rows[i + 1] if i + 1 < len(rows) else H) - r
-            cls, p, labels = band.pop(n, fill)
-            labels[(cls == IGNORE) | (not labelled)] = IGNORE
-            cm_all += confusion(cls, labels, K)
+            cls, p, labels, missing = band.pop(n)  # 255 (nodata) wherever no window was computed
+            # scored: what the pipeline decided there; pixels of a slide skipped as non-tissue count as its background
+            scored = cls if background is None else np.where(missing, np.uint8(background), cls)
+            labels[(scored == IGNORE) | (not labelled)] = IGNORE
+            cm_all += confusion(scored, labels, K)
             region = _region(test_footprints, tree, transform, r, n, W)
             if region is not None:
-                cm_test += confusion(cls[region], labels[region], K)
+                cm_test += confusion(scored[region], labels[region], K)
             maps.push(cls[None])
             if probs_w:
                 probs_w.push(np.round(p * 255).astype(np.uint8) if cfg.probabilities == "uint8" else np.where(cls == IGNORE, np.nan, p))
@@ -166,9 +168,12 @@ def predict_source(
         if timing.windows == 0:
             what = "no tissue was found on it" if hasattr(source, "tissue") else "every pixel is nodata"
             raise EqsegError(f"{path}: nothing to predict ({what})")
-        if hasattr(source, "tissue"):
-            add_overviews(tmp)
-    metrics = dict(source=source.name, height=H, width=W, window=S, overlap=cfg.overlap, tta=cfg.tta, timing=timing.report())
+        add_overviews(tmp, Resampling.mode)  # every map: a GIS shows large scenes zoomed out from the overviews
+        if tmp_p:
+            add_overviews(tmp_p, Resampling.average)
+        write_class_styles(out, classes, class_colours(len(classes)))  # beside `out`, before it is renamed into place
+    metrics = dict(source=source.name, height=H, width=W, window=S, overlap=cfg.overlap, tta=cfg.tta, timing=timing.report(),
+                   normalise=normaliser.mode)
     if labelled:
         metrics["scene"] = scores(cm_all, classes) | {"confusion": cm_all.tolist()}
     if tree is not None:
@@ -184,11 +189,8 @@ def _proba_target(path: Path | None):
 
 def _describe_output(ds, source, classes: list[str]) -> None:
     """Class names, a colour table and, for slides, the pixel size in the resolution tags."""
-    import matplotlib
-
-    ds.update_tags(classes=",".join(classes), nodata_meaning="255: nodata, not predicted")
-    base = (np.asarray(matplotlib.colormaps["tab10"](np.arange(10))[:, :3]) * 255).astype(int)
-    ds.write_colormap(1, {k: (*base[k % 10], 255) for k in range(len(classes))} | {255: (0, 0, 0, 0)})
+    ds.update_tags(classes=",".join(classes), nodata_meaning="255: nodata, not predicted (no tissue on slides)")
+    ds.write_colormap(1, {k: (*rgb, 255) for k, rgb in enumerate(class_colours(len(classes)))} | {255: (0, 0, 0, 0)})
     mpp = getattr(source, "mpp", None)
     if mpp:
         ppcm = f"{1e4 / mpp:.6f}"
@@ -247,9 +249,9 @@ def test_footprints(tiles: Path, source: str) -> list:
 def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = None, source: str | None = None,
             raster: Path | None = None, tiles: Path | None = None, metrics_out: Path | None = None) -> dict:
     """Load the model, open the source (a dataset's, with labels, or any GeoTIFF without), predict, write metrics."""
-    from eqseg.evaluate.inference import load_model
+    from eqseg.models.checkpoint import load_model
+    from eqseg.runtime import resolve_device, set_threads
     from eqseg.tiling.sources import GeoSource
-    from eqseg.train.runtime import resolve_device, set_threads
 
     cfg = params.predict
     device = resolve_device(cfg.device)
@@ -260,22 +262,52 @@ def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = No
         src = open_source(params.dataset(dataset), source)
     else:
         raise EqsegError("predict: give --dataset and --source, or --raster")
-    model, info = load_model(model_dir / "model.pt", device)
-    proba = out.with_name(f"{out.stem}.proba{out.suffix}") if cfg.probabilities != "none" else None
-    footprints = test_footprints(tiles, src.name) if tiles else None
     try:
-        metrics = predict_source(model, info, src, cfg, device, out, proba, footprints, labelled=raster is None)
+        model, info = load_model(model_dir / "model.pt", device)
+        proba = out.with_name(f"{out.stem}.proba{out.suffix}") if cfg.probabilities != "none" else None
+        footprints = test_footprints(tiles, src.name) if tiles else None
+        normaliser = source_normaliser(params.normalise.mode, info, src, tiles)
+        metrics = predict_source(model, info, src, cfg, device, out, proba, footprints, labelled=raster is None,
+                                 normaliser=normaliser)
     finally:
         src.close()
-    metrics |= dict(model=info["model"], dataset=info.get("dataset"), supervision=info.get("supervision"), seed=info.get("seed"))
+    metrics |= dict(model=info.model, dataset=info.dataset, supervision=info.supervision, seed=info.seed)
     write_json(metrics_out or out.with_suffix(".json"), metrics)
     return metrics
+
+
+def source_normaliser(mode: str, info: ModelInfo, source, tiles: Path | None) -> Normaliser:
+    """The recorded normalisation for one source: from the tile store when given (as `eqseg evaluate` does, so
+    both commands score the same inputs), else from the model (train) or one pass over the source (image)."""
+    from eqseg.data import normalise as norm
+    from eqseg.tiling.store import TileStore
+
+    stats = (info.band_mean, info.band_std)
+    if tiles is not None and mode != "train":
+        store = TileStore(tiles)
+        if mode == "image" and source.name in set(store.index.source):
+            return norm.for_store(mode, stats, store, [source.name])
+        if mode == "dataset":
+            return norm.for_store(mode, stats, store)
+    if mode == "dataset":
+        raise EqsegError("normalise.mode dataset: predicting needs the dataset's tile store (--tiles)")
+    if mode == "train":
+        return norm.Normaliser("train", *map(list, stats))
+    S = int(info.tile_size)
+    sums = np.zeros((3, source.bands))
+    for r in grid.tile_origins(source.height, S, 0):
+        for c in grid.tile_origins(source.width, S, 0):
+            rd = source.read_tile(r, c, S, source.height, source.width)
+            if rd.valid_fraction > 0:
+                valid = rd.valid if rd.valid is not None else rd.mask != 255
+                sums += norm.pixel_sums(rd.image[None], valid[None])
+    return norm.for_source_pixels(mode, stats, source.name, sums)
 
 
 def predict_dataset(params: Params, model_dir: Path, dataset: str, tiles: Path | None, out_dir: Path) -> dict:
     """Predict every source worth a scene prediction (`prediction_sources`) into `out_dir`, atomically:
     `{source}.tif` (+ `.json` metrics) each, and `scenes.json` with the metrics pooled over every pixel once."""
-    from eqseg.evaluate.metrics import scores
+    from eqseg.metrics import scores
     from eqseg.utils.atomic import atomic_dir
 
     names = prediction_sources(params, dataset)

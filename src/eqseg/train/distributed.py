@@ -52,7 +52,7 @@ def relaunch(nproc: int, args: list[str]) -> int:
 def check_devices(nproc: int, device: str) -> None:
     """One process per GPU: refuse more processes than GPUs (on the CPU, gloo runs any number, e.g. to test)."""
     from eqseg.errors import EqsegError
-    from eqseg.train.runtime import resolve_device
+    from eqseg.runtime import resolve_device
 
     gpus = torch.cuda.device_count()
     if resolve_device(device).type == "cuda" and nproc > gpus:

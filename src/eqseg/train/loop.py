@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,15 @@ from eqseg import tracking
 from eqseg.config import Params, stable_hash
 from eqseg.data.dataset import TileDataset
 from eqseg.errors import EqsegError
-from eqseg.evaluate.inference import confusion_on, save_model
-from eqseg.evaluate.metrics import scores
+from eqseg.data import normalise as norm
+from eqseg.inference import confusion_on
+from eqseg.metrics import scores
 from eqseg.losses import build_loss
 from eqseg.models import build, count_macs, count_parameters
+from eqseg.models.checkpoint import ModelInfo, save_model
 from eqseg.tiling.store import TileStore
 from eqseg.train import distributed as ddp
-from eqseg.train.runtime import autocast, resolve_device, seed_everything, set_threads
+from eqseg.runtime import autocast, resolve_device, seed_everything, set_threads
 from eqseg.utils.atomic import atomic_dir, atomic_file
 
 log = logging.getLogger(__name__)
@@ -86,14 +89,117 @@ def load_labels(labels_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
             json.loads((labels_dir / "quality.json").read_text()))
 
 
-def train(params: Params, dataset: str, model_name: str, supervision: str, seed: int, tiles: Path, labels_dir: Path, out: Path) -> dict:
+@dataclass
+class Checkpoint:
+    """What survives a kill: weights, optimiser, scheduler and scaler states and the training record. Saved every
+    epoch beside the output folder, loaded with `weights_only=True` (tensors and plain containers only)."""
+
+    path: Path
+    config_hash: str
+
+    def load(self, net, optimiser, scheduler, scaler) -> dict | None:
+        """The saved training state if the checkpoint exists and belongs to this configuration, else None."""
+        if not self.path.is_file():
+            return None
+        try:
+            ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated by a kill during the rename-less window, or foreign
+            log.warning("ignoring unreadable checkpoint %s (%s)", self.path, type(err).__name__)
+            return None
+        if ckpt.get("config_hash") != self.config_hash:
+            log.warning("ignoring checkpoint %s: made with another configuration", self.path)
+            return None
+        net.load_state_dict(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimiser"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        return ckpt["state"]
+
+    def save(self, net, optimiser, scheduler, scaler, state: dict) -> None:
+        with atomic_file(self.path) as tmp:
+            torch.save(dict(config_hash=self.config_hash, model=net.state_dict(), optimiser=optimiser.state_dict(),
+                            scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), state=state), tmp)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class Observer:
+    """Hooks of one training; the default does nothing. MLflow is one observer, not woven through the loop."""
+
+    def start(self, state: dict, run_config: dict, extra: dict) -> None: ...
+    def epoch(self, row: dict) -> None: ...
+    def finish(self, summary: dict, files: list[Path]) -> None: ...
+    def fail(self) -> None: ...
+
+
+class MlflowObserver(Observer):
+    """One MLflow run per grid cell; its id travels in the checkpoint, so a resumed training continues it."""
+
+    def __init__(self, params: Params, cell: dict, labels_dir: Path, quality: dict):
+        self.params, self.cell, self.labels_dir, self.quality = params, cell, labels_dir, quality
+
+    def start(self, state: dict, run_config: dict, extra: dict) -> None:
+        c = self.cell
+        run = tracking.start_run(
+            self.params.mlflow, state["run_id"], run_name=f"{c['dataset']}/{c['model']}/{c['supervision']}/seed{c['seed']}",
+            tags={k: str(v) for k, v in c.items()} | {"git_commit": tracking.git_commit(), "stage": "train"},
+        )
+        state["run_id"] = run.info.run_id
+        if state["epoch"] == 0:
+            tracking.log_params(run_config | extra)
+            tracking.log_metrics(weak_metrics(self.quality))
+            tracking.log_artifacts([self.labels_dir / "quality.json"], subdir="labels")
+
+    def epoch(self, row: dict) -> None:
+        tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+    def finish(self, summary: dict, files: list[Path]) -> None:
+        tracking.log_metrics(summary)
+        tracking.log_artifacts(files)
+        tracking.end_run()
+
+    def fail(self) -> None:
+        tracking.end_run("KILLED")
+
+
+def run_epochs(model, net, ds, store, val_ids, loss_fn, optimiser, scheduler, scaler, device, amp, cfg, seed,
+               state: dict, ckpt: Checkpoint, observer: Observer, world: ddp.World, val_normaliser, batch_size: int) -> None:
+    """Train from state['epoch'] to cfg.epochs; rank 0 validates, keeps the best weights and checkpoints each epoch."""
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.perf_counter()
+        loader = make_loader(ds, cfg.batch_size, epoch, seed, cfg.num_workers, device.type == "cuda", cfg.tiles_per_epoch, world)
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)  # CPU: draws which D4 element to test
+        loss = ddp.mean(train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp, gen, net), world)
+        scheduler.step()
+        if not world.main:
+            continue
+        val = (scores(confusion_on(net, store, val_ids, batch_size, device, val_normaliser, amp), store.meta["classes"])
+               if len(val_ids) else {})
+        row = dict(epoch=epoch + 1, train_loss=loss, val_miou=val.get("miou_macro", float("nan")),
+                   val_iou_micro=val.get("iou_micro", float("nan")), seconds=time.perf_counter() - t0)
+        state["history"].append(row)
+        observer.epoch(row)
+        score = row["val_miou"] if np.isfinite(row["val_miou"]) else -row["train_loss"]
+        if score > state["best"]:
+            state["best"] = score
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        state["epoch"] = epoch + 1
+        ckpt.save(net, optimiser, scheduler, scaler, state)
+        log.info("epoch %d/%d loss %.4f val mIoU %.4f (%.1fs)", epoch + 1, cfg.epochs, loss, row["val_miou"], row["seconds"])
+
+
+def train(params: Params, dataset: str, model_name: str, supervision: str, seed: int, tiles: Path, labels_dir: Path, out: Path,
+          observer: Observer | None = None) -> dict:
     """Train one grid cell; write model.pt, history.csv, config.json, run.json and curves.png into `out`.
-    Under torchrun (train.nproc > 1) every rank trains; rank 0 alone writes and returns the summary, others {}."""
+    Under torchrun (train.nproc > 1) every rank trains; rank 0 alone writes and returns the summary, others {}.
+    `observer` defaults to MLflow tracking (rank 0)."""
     cfg = params.train
     world = ddp.current_world()
     store = TileStore(tiles)
     meta = store.meta
     options = params.model_options(model_name)
+    sup = params.supervision(supervision)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
@@ -114,71 +220,38 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     train_ids = select_train_ids(store, cfg.max_train_tiles, seed)
     val_ids = store.ids("val")
     labels, label_ids, quality = load_labels(labels_dir)
-    ds = TileDataset(store, train_ids, augment=cfg.augment, seed=seed, labels=labels, label_ids=label_ids)
-    loss_spec = params.loss_spec(supervision)
+    mode = params.normalise.mode
+    train_stats = (meta["band_mean"], meta["band_std"])  # training: the dataset is the training dataset
+    ds = TileDataset(store, train_ids, augment=cfg.augment, seed=seed, labels=labels, label_ids=label_ids,
+                     normaliser=norm.for_store(mode, train_stats, store, _sources(store, train_ids) if mode == "image" else None))
+    val_normaliser = norm.for_store(mode, train_stats, store, _sources(store, val_ids) if mode == "image" else None)
+    loss_spec = params.loss_spec(sup)
     loss_fn = build_loss(loss_spec)
     run_config = dict(
-        dataset=dataset, model=model_name, supervision=supervision, seed=seed, model_options=options, loss=loss_spec,
-        weak=params.weak.model_dump() if supervision != "full" else None,
+        dataset=dataset, model=model_name, supervision=sup.name, seed=seed, model_options=options, loss=loss_spec,
+        weak=params.weak.model_dump() if not sup.is_full else None, normalise=mode,
         train=cfg.model_dump(), tile=dict(size=meta["tile_size"], overlap=meta["overlap"]), n_train_tiles=len(train_ids),
         n_val_tiles=len(val_ids), tiles=str(tiles),
     )
-    config_hash = stable_hash({k: v for k, v in run_config.items() if k != "tiles"} | {"stats": meta["band_mean"]})
+    hashed = {k: v for k, v in run_config.items() if k not in ("tiles", "normalise")} | {"stats": meta["band_mean"]}
+    if mode != "train":
+        hashed["normalise"] = mode  # (absent for the default, so checkpoints of earlier versions still resume)
+    ckpt = Checkpoint(checkpoint_path(out), stable_hash(hashed))
     n_params = count_parameters(net)
     macs = count_macs(net, meta["bands"], meta["tile_size"])
 
-    ckpt_file = checkpoint_path(out)
-    state = dict(epoch=0, history=[], best=-1.0, best_state=None, run_id=None)
-    if ckpt_file.is_file():
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-        if ckpt.get("config_hash") == config_hash:
-            net.load_state_dict(ckpt["model"])
-            optimiser.load_state_dict(ckpt["optimiser"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            state = ckpt["state"]
-            if world.main:
-                log.warning("resuming %s from epoch %d (checkpoint %s)", out, state["epoch"], ckpt_file)
-        else:
-            log.warning("ignoring checkpoint %s: made with another configuration", ckpt_file)
-
-    if world.main:
-        run = tracking.start_run(
-            params.mlflow, state["run_id"], run_name=f"{dataset}/{model_name}/{supervision}/seed{seed}",
-            tags={"dataset": dataset, "model": model_name, "supervision": supervision, "seed": str(seed),
-                  "git_commit": tracking.git_commit(), "stage": "train"},
-        )
-        state["run_id"] = run.info.run_id
-    if world.main and state["epoch"] == 0:
-        tracking.log_params(run_config | {"n_params": n_params, "macs_per_tile": macs, "device": str(device), "processes": world.size})
-        tracking.log_metrics(weak_metrics(quality))
-        tracking.log_artifacts([labels_dir / "quality.json"], subdir="labels")
+    state = ckpt.load(net, optimiser, scheduler, scaler)
+    if state is not None and world.main:
+        log.warning("resuming %s from epoch %d (checkpoint %s)", out, state["epoch"], ckpt.path)
+    state = state or dict(epoch=0, history=[], best=-1.0, best_state=None, run_id=None)
+    cell = dict(dataset=dataset, model=model_name, supervision=sup.name, seed=seed)
+    observer = (observer or MlflowObserver(params, cell, labels_dir, quality)) if world.main else Observer()
+    observer.start(state, run_config, {"n_params": n_params, "macs_per_tile": macs, "device": str(device), "processes": world.size})
     try:
-        for epoch in range(state["epoch"], cfg.epochs):
-            t0 = time.perf_counter()
-            loader = make_loader(ds, cfg.batch_size, epoch, seed, cfg.num_workers, device.type == "cuda", cfg.tiles_per_epoch, world)
-            gen = torch.Generator().manual_seed(seed * 100_003 + epoch)  # CPU: draws which D4 element to test
-            loss = ddp.mean(train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp, gen, net), world)
-            scheduler.step()
-            if not world.main:
-                continue
-            val = scores(confusion_on(net, store, val_ids, params.evaluate.batch_size, device, amp), meta["classes"]) if len(val_ids) else {}
-            row = dict(epoch=epoch + 1, train_loss=loss, val_miou=val.get("miou_macro", float("nan")),
-                       val_iou_micro=val.get("iou_micro", float("nan")), seconds=time.perf_counter() - t0)
-            state["history"].append(row)
-            tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-            score = row["val_miou"] if np.isfinite(row["val_miou"]) else -row["train_loss"]
-            if score > state["best"]:
-                state["best"] = score
-                state["best_state"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            state["epoch"] = epoch + 1
-            with atomic_file(ckpt_file) as tmp:
-                torch.save(dict(config_hash=config_hash, model=net.state_dict(), optimiser=optimiser.state_dict(),
-                                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), state=state), tmp)
-            log.info("epoch %d/%d loss %.4f val mIoU %.4f (%.1fs)", epoch + 1, cfg.epochs, loss, row["val_miou"], row["seconds"])
+        run_epochs(model, net, ds, store, val_ids, loss_fn, optimiser, scheduler, scaler, device, amp, cfg, seed, state,
+                   ckpt, observer, world, val_normaliser, params.evaluate.batch_size)
     except BaseException:
-        if world.main:
-            tracking.end_run("KILLED")
+        observer.fail()
         raise
     finally:
         ddp.stop(world)
@@ -186,9 +259,9 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         return {}
 
     net.load_state_dict(state["best_state"])
-    info = dict(model=model_name, options=options, in_channels=meta["bands"], num_classes=meta["num_classes"],
-                classes=meta["classes"], band_mean=meta["band_mean"], band_std=meta["band_std"],
-                tile_size=meta["tile_size"], dataset=dataset, supervision=supervision, seed=seed)
+    info = ModelInfo(model=model_name, options=options, in_channels=meta["bands"], num_classes=meta["num_classes"],
+                     classes=meta["classes"], band_mean=meta["band_mean"], band_std=meta["band_std"], normalise=mode,
+                     tile_size=meta["tile_size"], dataset=dataset, supervision=sup.name, seed=seed)
     best = max(state["history"], key=lambda r: r["val_miou"] if np.isfinite(r["val_miou"]) else -r["train_loss"])
     summary = dict(best_epoch=best["epoch"], best_val_miou=best["val_miou"], final_train_loss=state["history"][-1]["train_loss"],
                    n_params=n_params, macs_per_tile=macs, train_seconds=sum(r["seconds"] for r in state["history"]))
@@ -198,11 +271,13 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         (tmp / "config.json").write_text(json.dumps(run_config | {"summary": summary}, indent=2, default=str) + "\n")
         (tmp / "run.json").write_text(json.dumps({"run_id": state["run_id"], "tracking_uri": params.mlflow.tracking_uri}) + "\n")
         plot_history(tmp / "curves.png", state["history"], title=run_config_title(run_config))
-    tracking.log_metrics(summary)
-    tracking.log_artifacts([out / "model.pt", out / "history.csv", out / "config.json", out / "curves.png"])
-    tracking.end_run()
-    ckpt_file.unlink(missing_ok=True)
+    observer.finish(summary, [out / "model.pt", out / "history.csv", out / "config.json", out / "curves.png"])
+    ckpt.remove()
     return summary
+
+
+def _sources(store: TileStore, ids: np.ndarray) -> list[str]:
+    return sorted(set(store.index.loc[store.index.tile_id.isin(ids), "source"]))
 
 
 def weak_metrics(quality: dict) -> dict[str, float]:

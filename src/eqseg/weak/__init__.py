@@ -11,7 +11,7 @@ import numpy as np
 from eqseg.errors import EqsegError
 from eqseg.weak.expand import METHODS, expand
 from eqseg.weak.generators import EFFORT_UNITS, IGNORE, PER_TILE, Annotation, partial
-from eqseg.weak.options import check_known, require_seed
+from eqseg.utils.options import check_known, require_seed
 
 KINDS = (*PER_TILE, "partial")
 

@@ -14,9 +14,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
-from eqseg.weak.options import require_choice, require_float, require_int
+from eqseg.utils.options import require_choice, require_float, require_int
 
-IGNORE = 255
+from eqseg.labels import IGNORE
 EIGHT = np.ones((3, 3), dtype=bool)
 EFFORT_UNITS = {
     "points": "clicks", "scribbles": "strokes", "boxes": "boxes", "coarse": "cells", "tags": "tags", "partial": "tiles",

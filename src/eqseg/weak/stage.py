@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from eqseg.config import Params, parse_supervision
+from eqseg.config import Params, Supervision
 from eqseg.tiling.store import TileStore
 from eqseg.utils.atomic import atomic_dir, write_json
 from eqseg.weak.quality import label_quality
 from eqseg.weak.store import make_weak_labels
 
 
-def make_weak_stage(params: Params, dataset: str, supervision: str, tiles: Path, out: Path) -> dict:
-    kind, expansion = parse_supervision(supervision)
+def make_weak_stage(params: Params, dataset: str, supervision: Supervision, tiles: Path, out: Path) -> dict:
+    kind, expansion = supervision.kind, supervision.expansion
     store = TileStore(tiles)
     ids = store.ids("train")
     if kind == "full":
@@ -34,7 +34,7 @@ def make_weak_stage(params: Params, dataset: str, supervision: str, tiles: Path,
             store.images, store.masks, ids, kind, params.weak.seed, options,
             expansion, params.weak.expansion_options.get(expansion, {}),
         )
-    quality |= {"dataset": dataset, "supervision": supervision}
+    quality |= {"dataset": dataset, "supervision": supervision.name}
     with atomic_dir(out) as tmp:
         np.save(tmp / "labels.npy", labels)
         np.save(tmp / "ids.npy", ids)

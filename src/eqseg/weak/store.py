@@ -12,7 +12,7 @@ from eqseg.errors import EqsegError
 from eqseg.weak import EFFORT_UNITS, annotate, check_kind
 from eqseg.weak.expand import check_method, expand
 from eqseg.weak.generators import IGNORE, partial, tags
-from eqseg.weak.options import check_known, require_int, require_seed
+from eqseg.utils.options import check_known, require_int, require_seed
 from eqseg.weak.quality import label_counts, summarise
 
 

@@ -1,4 +1,5 @@
-"""Device, threads and seeds: CUDA with mixed precision when present, the CPU otherwise."""
+"""Device, threads and seeds for every command that runs a model: CUDA with mixed precision when present, the CPU
+otherwise. Below train, evaluate, predict and digits, so none of them imports another for it."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from eqseg.errors import EqsegError
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto: CUDA when present, else the CPU; cuda without a GPU is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise EqsegError("train.device: cuda was asked for but no CUDA device is available (use auto or cpu)")
-    return torch.device(name)
+        raise EqsegError("device: cuda was asked for but no CUDA device is available (use auto or cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise EqsegError(f"device: bad device {name!r} ({err})") from None
 
 
 def set_threads(threads: int, num_workers: int, processes: int = 1) -> None:

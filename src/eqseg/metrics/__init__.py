@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE = 255
+from eqseg.labels import IGNORE
 
 
 def confusion(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:

@@ -1,0 +1,58 @@
+"""Batched inference over tiles of a store, with the recorded normalisation: below train (validation), evaluate
+and predict, so none of them imports another."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from eqseg.data import normalise as norm
+from eqseg.data.normalise import Normaliser
+from eqseg.metrics import confusion
+from eqseg.models.checkpoint import ModelInfo
+from eqseg.runtime import autocast
+from eqseg.tiling.store import TileStore
+
+
+def tile_sources(store: TileStore, ids: np.ndarray) -> list[str]:
+    """The source of each tile (for per-source normalisation)."""
+    by_id = store.index.set_index("tile_id").source
+    return [by_id[int(i)] for i in ids]
+
+
+def normaliser_for(mode: str, info: ModelInfo, store: TileStore, ids: np.ndarray) -> norm.Normaliser:
+    """The recorded normalisation of the tiles `ids` of `store` for a model (shared by evaluate and predict)."""
+    sources = sorted(set(tile_sources(store, ids))) if mode == "image" else None
+    return norm.for_store(mode, (info.band_mean, info.band_std), store, sources)
+
+
+def normalised_tiles(store: TileStore, ids: np.ndarray, normaliser: Normaliser) -> np.ndarray:
+    ids = np.asarray(ids)
+    return normaliser(store.images[ids], tile_sources(store, ids) if normaliser.mode == "image" else None)
+
+
+@torch.no_grad()
+def predict_tiles(
+    model: torch.nn.Module, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device,
+    normaliser: Normaliser, amp: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (sorted tile ids, predicted class maps) batch by batch."""
+    model.eval()
+    ids = np.sort(np.asarray(ids))
+    for start in range(0, len(ids), batch_size):
+        sel = ids[start : start + batch_size]
+        x = torch.from_numpy(normalised_tiles(store, sel, normaliser)).to(device)
+        with autocast(device, amp):
+            pred = model(x).argmax(1).cpu().numpy().astype(np.uint8)
+        yield sel, pred
+
+
+def confusion_on(model, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device, normaliser: Normaliser,
+                 amp: bool = True) -> np.ndarray:
+    n = store.meta["num_classes"]
+    cm = np.zeros((n, n), dtype=np.int64)
+    for sel, pred in predict_tiles(model, store, ids, batch_size, device, normaliser, amp):
+        cm += confusion(pred, store.masks[sel], n)
+    return cm

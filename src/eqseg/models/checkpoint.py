@@ -1,0 +1,76 @@
+"""The model artifact: `model.pt` = typed `ModelInfo` + weights, below every command that writes or reads it.
+
+train writes it, evaluate, predict and the report read it; none of them imports another to do so. Loading uses
+`torch.load(weights_only=True)` only: a model file is data, never code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from eqseg.errors import EqsegError
+
+
+class ModelInfo(BaseModel):
+    """Everything needed to rebuild a trained model and to feed it inputs the way it was trained."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    in_channels: int
+    num_classes: int
+    classes: list[str]
+    band_mean: list[float] = Field(description="band statistics of the training split (normalise: train)")
+    band_std: list[float]
+    normalise: str = Field("train", description="normalisation the model was trained with (params normalise.mode)")
+    tile_size: int
+    dataset: str | None = None
+    supervision: str | None = None
+    seed: int | None = None
+
+    def check_inputs(self, bands: int, classes: list[str] | None, where: str) -> None:
+        """One line, before any work, when data do not fit the model: band count, or class names (scores against
+        other classes would be meaningless)."""
+        if bands != self.in_channels:
+            raise EqsegError(f"{where}: {bands} band(s), but model {self.model!r} was trained on {self.in_channels}")
+        if classes is not None and list(classes) != list(self.classes):
+            raise EqsegError(f"{where}: classes {list(classes)} differ from the model's {list(self.classes)}")
+
+
+def save_model(path: Path, model, info: ModelInfo) -> None:
+    import torch
+
+    torch.save({"info": info.model_dump(), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+
+
+def load_model(path: Path, device) -> tuple[Any, ModelInfo]:
+    """Rebuild a model from its saved name, options and weights (eval mode, on `device`)."""
+    import torch
+
+    from eqseg.models import build
+
+    path = Path(path)
+    if not path.is_file():
+        raise EqsegError(f"{path}: trained model not found; run `eqseg train` first")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        info = ModelInfo.model_validate(blob["info"])
+        state = blob["state_dict"]
+    except ValidationError as err:
+        raise EqsegError(f"{path}: not an eqseg model (its info lacks {err.errors()[0]['loc'][0]!r})") from None
+    except Exception as err:  # unpickling refused, truncated file, not a dict...
+        if "weights only" in str(err).lower() or "weights_only" in str(err):
+            why = "it holds Python objects besides tensors, which eqseg never unpickles"
+        else:
+            why = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+        raise EqsegError(f"{path}: not a model written by `eqseg train` ({why})") from None
+    model = build(info.model, info.in_channels, info.num_classes, **info.options)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise EqsegError(f"{path}: weights do not fit model {info.model!r} with options {info.options}") from err
+    return model.to(device).eval(), info

@@ -1,0 +1,229 @@
+"""The seams of the code base: layering, one D4, one normalisation, a configuration that loads without torch."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "eqseg"
+
+# Top to bottom; names in one layer are siblings that must not import each other. No package imports one above it.
+LAYERS = (
+    ("cli",),
+    ("report", "compare"),
+    ("train", "evaluate", "predict", "digits"),
+    ("inference", "tracking"),
+    ("data", "losses", "classical"),
+    ("weak",),
+    ("tiling", "slides"),  # one layer: tiling opens slides as sources, slides implement the tiling Source protocol
+    ("models", "metrics", "stats"),
+    ("config", "runtime", "labels", "paths", "utils"),
+    ("errors",),
+)
+
+
+def test_loading_params_imports_neither_torch_nor_the_domain(root):
+    code = ("import sys; from eqseg.config import load_params; load_params('params.yaml'); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('eqseg.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['eqseg.config', 'eqseg.errors']", out
+
+
+def test_import_layers():
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("eqseg")
+    present = {m.split(".")[1] for m in graph.modules if m.count(".") >= 1}
+    layers = [grimp.Layer(*(name for name in layer if name in present), independent="tiling" not in layer)
+              for layer in LAYERS]
+    illegal = graph.find_illegal_dependencies_for_layers(layers=layers, containers={"eqseg"})
+    described = sorted(f"{d.importer} -> {d.imported}: " + "; ".join(
+        f"{sorted(r.heads)} -> {list(r.middle)} -> {sorted(r.tails)}" for r in d.routes) for d in illegal)
+    assert not illegal, "\n".join(described)
+    placed = {name for layer in LAYERS for name in layer}
+    assert present - {"__main__"} <= placed, f"packages not placed in a layer: {sorted(present - placed - {'__main__'})}"
+
+
+def test_models_import_nothing_of_the_pipeline():
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("eqseg")
+    outside = {d for m in graph.find_descendants("eqseg.models") | {"eqseg.models"}
+               for d in graph.find_modules_directly_imported_by(m)
+               if d.startswith("eqseg.") and not d.startswith("eqseg.models") and d != "eqseg.errors"}
+    assert not outside, outside
+
+
+# --------------------------------------------------------------------------------------------------- one D4
+def test_d4_is_written_once():
+    """Only models/groups.py calls rot90 or flip on the pixel grid (in code; comments may mention them)."""
+    import ast
+
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        if rel == "models/groups.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+            if name in ("rot90", "flip", "fliplr", "flipud"):
+                offenders.append(f"{rel}:{node.lineno}")
+    assert offenders == [], offenders
+
+
+def test_d4_torch_and_numpy_views_agree_and_form_the_group():
+    from eqseg.models.groups import D4
+
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float64).reshape(2, 3, 5, 5)
+    for g in range(8):
+        assert np.array_equal(D4.transform(x, g).numpy(), D4.transform_numpy(x.numpy(), g))
+        assert torch.equal(D4.untransform(D4.transform(x, g), g), x)
+        for h in range(8):
+            assert torch.equal(D4.transform(D4.transform(x, h), g), D4.transform(x, D4.compose(g, h)))
+    images = {D4.transform(x, g).numpy().tobytes() for g in range(8)}
+    assert len(images) == 8
+    assert [D4.is_reflection(g) for g in range(8)] == [False] * 4 + [True] * 4
+
+
+class _Turn(torch.nn.Module):
+    """A 'model' whose output is its input turned by element k: equivariant under a shared D4 only if the users
+    below apply g the same way (g·f(x) = T_g T_k x, f(g·x) = T_k T_g x; equal iff g and k commute)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        from eqseg.models.groups import D4
+
+        return D4.transform(x, self.k)
+
+
+def test_every_user_agrees_on_d4(monkeypatch):
+    """Augmentation, TTA, the consistency loss and the equivariance metric all use models.groups.D4."""
+    from eqseg.evaluate.run import equivariance_errors
+    from eqseg.losses import consistency_loss
+    from eqseg.models.groups import D4
+    from eqseg.predict.run import Timing, window_probabilities
+
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    # metric: a model that turns by the central element r2 commutes with all of D4 -> zero error for every g
+    errs = equivariance_errors(_Turn(2), x)
+    assert errs["equivariance_error_max"] == 0.0
+    # ... and one that mirrors does not commute with quarter turns: rotations fail, reflections too except m, mr2
+    errs = equivariance_errors(_Turn(4), x)
+    assert errs["equivariance_error_r1"] > 0.1 and errs["equivariance_error_mr2"] == 0.0 and errs["equivariance_error_m"] == 0.0
+    # consistency loss: zero for the commuting model, whatever element the generator draws
+    for seed in range(5):
+        gen = torch.Generator().manual_seed(seed)
+        assert float(consistency_loss(_Turn(2), x.float(), gen)) == pytest.approx(0.0, abs=1e-12)
+    # TTA: averaging T_g^-1 f(T_g x) over D4 for f = identity gives back softmax(x) exactly
+    probs = window_probabilities(torch.nn.Identity(), x.float().numpy(), True, torch.device("cpu"), Timing())
+    assert np.allclose(probs, torch.softmax(x.float(), 1).numpy(), atol=1e-6)
+    # augmentation: the dataset applies D4.transform_numpy with the element its seeded generator draws
+    from eqseg.data import dataset as ds_mod
+
+    seen = []
+    real = D4.transform_numpy
+    monkeypatch.setattr(type(D4), "transform_numpy", lambda self, a, g: seen.append(g) or real(a, g))
+    store = _TinyStore()
+    item = ds_mod.TileDataset(store, np.array([0]), augment="d4", seed=7)
+    image, mask, _ = item[0]
+    g = int(np.random.default_rng((7, 0, 0)).integers(8))
+    assert seen == [g, g]
+    assert np.array_equal(mask.numpy(), real(store.masks[0], g))
+
+
+class _TinyStore:
+    """The parts of a TileStore that TileDataset reads."""
+
+    def __init__(self):
+        import pandas as pd
+
+        rng = np.random.default_rng(0)
+        self.images = rng.integers(0, 255, (1, 2, 8, 8)).astype(np.uint8)
+        self.masks = rng.integers(0, 2, (1, 8, 8)).astype(np.uint8)
+        self.meta = {"band_mean": [100.0, 120.0], "band_std": [50.0, 40.0]}
+        self.index = pd.DataFrame({"tile_id": [0], "source": ["a"]})
+
+
+# --------------------------------------------------------------------------------------------------- typed options
+def test_typed_model_options_match_the_builders():
+    from eqseg import config
+    from eqseg.models import _REGISTRY, available
+
+    for name in available():
+        assert name in config.MODEL_OPTIONS, name
+        params = list(inspect.signature(_REGISTRY[name]).parameters.values())[2:]
+        fields = config.MODEL_OPTIONS[name].model_fields
+        assert [p.name for p in params] == list(fields), name
+        assert all(p.default == fields[p.name].default for p in params), name
+    for name, options in [("unet", {"depth": 3}), ("p4m_unet", {"depth": 2}), ("gridnet", {"rows": 3})]:
+        from eqseg.models import build
+
+        typed = config.MODEL_OPTIONS[name].model_validate(options)
+        assert typed.tile_multiple == build(name, 1, 2, **options).tile_multiple
+
+
+def test_typed_weak_and_loss_options_match_the_functions():
+    from eqseg import config
+    from eqseg.losses import TERMS
+    from eqseg.weak.expand import _METHODS
+    from eqseg.weak.generators import PER_TILE, partial
+
+    generators = dict(PER_TILE) | {"partial": partial}
+    assert set(config.WEAK_KINDS) == set(generators)
+    for kind, fn in generators.items():
+        params = list(inspect.signature(fn).parameters.values())[3 if kind == "partial" else 2:]
+        fields = config.WEAK_KINDS[kind].model_fields
+        assert [p.name for p in params] == list(fields) and all(p.default == fields[p.name].default for p in params), kind
+    assert set(config.EXPANSIONS) == set(_METHODS)
+    for method, fn in _METHODS.items():
+        params = list(inspect.signature(fn).parameters.values())[2:]
+        fields = config.EXPANSIONS[method].model_fields
+        assert [p.name for p in params] == list(fields) and all(p.default == fields[p.name].default for p in params), method
+    assert set(config.LOSS_TERMS) == set(TERMS)
+    for term, (fn, needs) in TERMS.items():
+        params = list(inspect.signature(fn).parameters.values())[len(needs):]
+        fields = {k: f for k, f in config.LOSS_TERMS[term].model_fields.items() if k != "weight"}
+        assert [p.name for p in params] == list(fields) and all(p.default == fields[p.name].default for p in params), term
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"datasets": {"../../x": None}}, "'../../x' is not a valid name"),
+    ({"grid": {"datasets": ["x;touch INJECTED;"]}}, "grid.datasets: 'x;touch INJECTED;' is not a valid name"),
+    ({"mlflow": {"experiment": "../e"}}, "mlflow.experiment: '../e' is not a valid name"),
+    ({"slides": {"/abs/path": None}}, "'/abs/path' is not a valid name"),
+    ({"weak": {"options": {"points": {"per_objct": 2}}}}, "weak.options.points.per_objct: unknown option"),
+    ({"weak": {"expansion_options": {"superpixels": {"n_segments": 2}}}}, "weak.expansion_options.superpixels.n_segments: unknown option"),
+    ({"train": {"loss": {"ce": 1, "dice": {"weight": 1, "smoth": 2}}}}, "train.loss: dice.smoth: unknown option"),
+    ({"models": {"unet": {"depth": 0}}}, "models.unet.depth"),
+    ({"normalise": {"mode": "stain"}}, "normalise.mode"),
+])
+def test_bad_names_and_options_fail_at_load(root, bad, needle):
+    import copy
+
+    import yaml
+
+    from eqseg.config import parse_params
+    from eqseg.errors import EqsegError
+
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    for key, value in bad.items():
+        if key in ("datasets", "slides"):
+            (name, _), = value.items()
+            section = raw.setdefault(key, {})
+            template = "cpm15_slides" if key == "slides" else "cpm15"
+            section[name] = copy.deepcopy(raw[key][template])
+        elif isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    with pytest.raises(EqsegError) as err:
+        parse_params(raw, "params.yaml")
+    message = str(err.value)
+    assert "\n" not in message and needle in message, message
