@@ -44,24 +44,35 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     out = group[metric_cols].mean()
     out["miou_macro_std"] = group["miou_macro"].std(ddof=0)
     out["seeds"] = group.size()
-    for col in ("n_params", "macs_per_tile", "equivariance_error_max"):
+    for col in ("n_params", "macs_per_tile"):
         if col in table:
             out[col] = group[col].first()
+    for col in ("equivariance_error_rotations", "equivariance_error_reflections", "equivariance_error_max"):
+        if col in table:
+            out[col] = group[col].mean()
+    if "normalise" in table:
+        out["normalise"] = group["normalise"].first()
     return out.reset_index()
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
     lines = [
-        "| dataset | model | supervision | test mIoU (macro) | micro IoU | pixel acc. | params | MACs/tile | D4 equiv. error | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | model | supervision | test mIoU (macro) | micro IoU | pixel acc. | params | MACs/tile | "
+        "equiv. error, rotations | equiv. error, reflections | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def sci(r, col: str) -> str:
+        v = getattr(r, col, None)
+        return f"{v:.1e}" if v is not None and pd.notna(v) else "-"
+
     for r in summary.itertuples(index=False):
         std = f" ± {r.miou_macro_std:.3f}" if r.seeds > 1 else ""
         params = f"{int(r.n_params):,}" if "n_params" in summary and pd.notna(r.n_params) else "-"
         macs = f"{r.macs_per_tile / 1e9:.2f} G" if "macs_per_tile" in summary and pd.notna(r.macs_per_tile) else "-"
-        equiv = f"{r.equivariance_error_max:.1e}" if "equivariance_error_max" in summary and pd.notna(r.equivariance_error_max) else "-"
         lines.append(f"| {r.dataset} | {r.model} | {r.supervision} | {r.miou_macro:.3f}{std} | {r.iou_micro:.3f} | "
-                     f"{r.pixel_accuracy:.3f} | {params} | {macs} | {equiv} | {r.seeds} |")
+                     f"{r.pixel_accuracy:.3f} | {params} | {macs} | {sci(r, 'equivariance_error_rotations')} | "
+                     f"{sci(r, 'equivariance_error_reflections')} | {r.seeds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -110,7 +121,9 @@ def digits_table(params: Params, root: Path = Path(".")) -> str:
 def report(params: Params, out: Path) -> pd.DataFrame:
     table = collect(params)
     summary = summarise(table)
-    text = "# eqseg report\n\n## Segmentation\n\nTest split, mean over seeds.\n\n" + to_markdown(summary)
+    modes = ", ".join(sorted(set(table["normalise"]))) if "normalise" in table else "train"
+    text = (f"# eqseg report\n\n## Segmentation\n\nTest split, mean over seeds; inputs normalised with: {modes}.\n\n"
+            + to_markdown(summary))
     if params.digits.models:
         text += "\n## Rotated digits\n\nTrained on upright MNIST digits; accuracy on the test digits as rotated.\n\n" + digits_table(params)
     with atomic_dir(out) as tmp:

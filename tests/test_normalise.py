@@ -1,0 +1,150 @@
+"""Normalisation is one recorded choice: each mode on real CPM-15 pixels, and evaluate == predict-dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from eqseg.config import parse_params
+from eqseg.data import normalise as norm
+from eqseg.errors import EqsegError
+from eqseg.models import build
+from eqseg.models.checkpoint import ModelInfo, save_model
+from eqseg.tiling.store import TileStore, build_tile_store
+
+CPM = Path(__file__).resolve().parents[1] / "data" / "cpm15"
+TILE = 64
+
+
+def crop_pairs(folder: Path, names: list[str], size: int, darken: dict[str, float] | None = None) -> None:
+    """Real CPM-15 images cropped to size x size (a multiple of the tile, so windows and tiles coincide)."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for name in names:
+        img = np.asarray(Image.open(CPM / "images" / f"{name}.png").convert("RGB"))[:size, :size].astype(np.float64)
+        img = np.clip(img * (darken or {}).get(name, 1.0), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / "images" / f"{name}.png")
+        mask = np.asarray(Image.open(CPM / "masks" / f"{name}_mask.png"))[:size, :size]
+        Image.fromarray(mask).save(folder / "masks" / f"{name}_mask.png")
+
+
+def params_for(tmp: Path, folder: Path, mode: str):
+    p = yaml.safe_load((Path(__file__).parent / "smoke" / "params.yaml").read_text())
+    p.pop("slides")
+    p["datasets"] = {"crops": dict(kind="pairs", images=str(folder / "images"), masks=str(folder / "masks"),
+                                   mask_suffix="_mask", mask_mode="instances", classes=["background", "nucleus"],
+                                   split={"by": "source", "fractions": {"train": 0.34, "val": 0.33, "test": 0.33}})}
+    p["grid"]["datasets"] = ["crops"]
+    p["tile"] = {"size": TILE, "overlap": 0, "min_valid_fraction": 0.0}
+    p["predict"] = {"window": TILE, "overlap": 0, "batch_size": 8}
+    p["normalise"] = {"mode": mode}
+    p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    return parse_params(p)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("norm")
+    crop_pairs(tmp / "data", ["image01", "image02", "image03"], 384)
+    params = params_for(tmp, tmp / "data", "train")
+    meta = build_tile_store("crops", params.dataset("crops"), params.tile, tmp / "tiles")
+    torch.manual_seed(0)
+    model = build("unet", 3, 2, depth=2, width=8)
+    info = ModelInfo(model="unet", options={"depth": 2, "width": 8}, in_channels=3, num_classes=2,
+                     classes=["background", "nucleus"], band_mean=meta["band_mean"], band_std=meta["band_std"],
+                     tile_size=TILE, dataset="crops", supervision="full", seed=0)
+    store = TileStore(tmp / "tiles")  # a few steps on the train tiles: a model that finds nuclei, not all background
+    ids = store.ids("train")
+    x = torch.from_numpy(norm.normalise(store.images[ids], info.band_mean, info.band_std))
+    y = torch.from_numpy(np.asarray(store.masks[ids]).astype(np.int64))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(40):
+        sel = torch.arange(step * 8, step * 8 + 8) % len(ids)
+        loss = torch.nn.functional.cross_entropy(model(x[sel]), y[sel], ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    (tmp / "model").mkdir()
+    save_model(tmp / "model" / "model.pt", model, info)
+    return tmp, meta
+
+
+def test_normalise_is_the_plain_affine_map():
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.uint16).reshape(2, 3, 4, 4)
+    out = norm.normalise(x, [1.0, 2.0, 3.0], [2.0, 4.0, 8.0])
+    assert out.dtype == np.float32
+    assert np.allclose(out[:, 1], (x[:, 1] - 2.0) / 4.0)
+
+
+def test_modes_on_real_cpm15_tiles(crops):
+    tmp, meta = crops
+    store = TileStore(tmp / "tiles")
+    train_stats = ([150.0, 110.0, 160.0], [45.0, 50.0, 35.0])
+    ids = np.sort(store.index.tile_id.to_numpy())[:4]
+    raw = store.images[ids]
+    # train: the model's statistics, whatever the data
+    n = norm.for_store("train", train_stats, store)
+    assert np.allclose(n(raw), (raw - np.array(train_stats[0])[:, None, None]) / np.array(train_stats[1])[:, None, None], atol=1e-5)
+    # dataset: the store's own train-split statistics (meta.json)
+    n = norm.for_store("dataset", train_stats, store)
+    assert n.mean == meta["band_mean"] and n(raw).mean() == pytest.approx(
+        ((raw - np.array(meta["band_mean"])[:, None, None]) / np.array(meta["band_std"])[:, None, None]).mean(), abs=1e-4)
+    # image: each source's own statistics, close to mean 0 / std 1 over that source's valid pixels
+    n = norm.for_store("image", train_stats, store)
+    src = store.index.source.iloc[0]
+    all_ids = np.sort(store.index.loc[store.index.source == src, "tile_id"].to_numpy())
+    x = n(store.images[all_ids], src)
+    assert np.abs(x.mean(axis=(0, 2, 3))).max() < 0.02 and np.abs(x.std(axis=(0, 2, 3)) - 1).max() < 0.02
+    assert n.record["mode"] == "image" and src in n.record["sources"]
+    with pytest.raises(EqsegError, match="no statistics for source"):
+        n(raw, "nope")
+    with pytest.raises(EqsegError, match="normalise.mode"):
+        norm.for_store("stain", train_stats, store)
+
+
+def test_image_mode_undoes_a_darker_stain_and_train_mode_does_not(tmp_path):
+    """A copy of the same real tiles at 60 % brightness: per-image statistics map it back onto the original inputs
+    (within 0.05 in normalised units: rounding to uint8 and clipping); the training statistics leave it far off."""
+    crop_pairs(tmp_path / "a", ["image04", "image05", "image06"], 256)
+    crop_pairs(tmp_path / "b", ["image04", "image05", "image06"], 256, darken={f"image0{i}": 0.6 for i in (4, 5, 6)})
+    stores = []
+    for name in ("a", "b"):
+        params = params_for(tmp_path, tmp_path / name, "image")
+        build_tile_store("crops", params.dataset("crops"), params.tile, tmp_path / f"tiles_{name}")
+        stores.append(TileStore(tmp_path / f"tiles_{name}"))
+    a, b = stores
+    train_stats = (a.meta["band_mean"], a.meta["band_std"])
+    ids = np.sort(a.index.loc[a.index.source == "image05", "tile_id"].to_numpy())
+    xa = norm.for_store("image", train_stats, a)(a.images[ids], "image05")
+    xb = norm.for_store("image", train_stats, b)(b.images[ids], "image05")
+    assert np.abs(xa - xb).mean() < 0.05
+    ta = norm.for_store("train", train_stats, a)(a.images[ids])
+    tb = norm.for_store("train", train_stats, b)(b.images[ids])
+    assert np.abs(ta - tb).mean() > 0.5
+
+
+@pytest.mark.parametrize("mode", ["train", "dataset", "image"])
+def test_evaluate_and_predict_dataset_agree(crops, mode, tmp_path):
+    """Same model, same pixels, same recorded normalisation: the same confusion matrix from both commands."""
+    from eqseg.evaluate.run import evaluate
+    from eqseg.predict.run import predict_dataset
+
+    tmp, _ = crops
+    params = params_for(tmp, tmp / "data", mode)
+    m = evaluate(params, tmp / "model", tmp / "tiles", tmp_path / "eval")
+    r = predict_dataset(params, tmp / "model", "crops", tmp / "tiles", tmp_path / "pred")
+    cm_eval = np.loadtxt(tmp_path / "eval" / "confusion.csv", delimiter=",", dtype=np.int64)
+    scenes = json.loads((tmp_path / "pred" / "scenes.json").read_text())
+    per_source = [json.loads((tmp_path / "pred" / f"{s}.json").read_text()) for s in r["sources"]]
+    cm_pred = sum(np.asarray(p["test"]["confusion"]) for p in per_source)
+    assert cm_eval.sum() == cm_pred.sum() > 0
+    assert np.array_equal(cm_eval, cm_pred)
+    assert (cm_eval.sum(axis=0) > 0).all(), "the model must predict both classes for the check to mean anything"
+    assert m["miou_macro"] == pytest.approx(scenes["pooled"]["test"]["miou_macro"], abs=1e-12)
+    assert m["normalise"] == mode and all(p["normalise"] == mode for p in per_source)
