@@ -34,7 +34,7 @@ def crop_pairs(folder: Path, names: list[str], size: int, darken: dict[str, floa
         Image.fromarray(mask).save(folder / "masks" / f"{name}_mask.png")
 
 
-def params_for(tmp: Path, folder: Path, mode: str):
+def params_for(tmp: Path, folder: Path, mode: str, adabn: bool = False):
     p = yaml.safe_load((Path(__file__).parent / "smoke" / "params.yaml").read_text())
     p.pop("slides")
     p["datasets"] = {"crops": dict(kind="pairs", images=str(folder / "images"), masks=str(folder / "masks"),
@@ -43,7 +43,7 @@ def params_for(tmp: Path, folder: Path, mode: str):
     p["grid"]["datasets"] = ["crops"]
     p["tile"] = {"size": TILE, "overlap": 0, "min_valid_fraction": 0.0}
     p["predict"] = {"window": TILE, "overlap": 0, "batch_size": 8}
-    p["normalise"] = {"mode": mode}
+    p["normalise"] = {"mode": mode, "adabn": adabn}
     p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
     return parse_params(p)
 
@@ -129,14 +129,14 @@ def test_image_mode_undoes_a_darker_stain_and_train_mode_does_not(tmp_path):
     assert np.abs(ta - tb).mean() > 0.5
 
 
-@pytest.mark.parametrize("mode", ["train", "dataset", "image"])
-def test_evaluate_and_predict_dataset_agree(crops, mode, tmp_path):
+@pytest.mark.parametrize("mode, adabn", [("train", False), ("dataset", False), ("image", False), ("train", True)])
+def test_evaluate_and_predict_dataset_agree(crops, mode, adabn, tmp_path):
     """Same model, same pixels, same recorded normalisation: the same confusion matrix from both commands."""
     from eqseg.evaluate.run import evaluate
     from eqseg.predict.run import predict_dataset
 
     tmp, _ = crops
-    params = params_for(tmp, tmp / "data", mode)
+    params = params_for(tmp, tmp / "data", mode, adabn)
     m = evaluate(params, tmp / "model", tmp / "tiles", tmp_path / "eval")
     r = predict_dataset(params, tmp / "model", "crops", tmp / "tiles", tmp_path / "pred")
     cm_eval = np.loadtxt(tmp_path / "eval" / "confusion.csv", delimiter=",", dtype=np.int64)
@@ -148,3 +148,20 @@ def test_evaluate_and_predict_dataset_agree(crops, mode, tmp_path):
     assert (cm_eval.sum(axis=0) > 0).all(), "the model must predict both classes for the check to mean anything"
     assert m["miou_macro"] == pytest.approx(scenes["pooled"]["test"]["miou_macro"], abs=1e-12)
     assert m["normalise"] == mode and all(p["normalise"] == mode for p in per_source)
+    assert m["adabn"] is adabn and all(p["adabn"] is adabn for p in per_source)
+
+
+def test_adabn_takes_target_statistics_and_keeps_p4m_equivariant():
+    from eqseg.inference import adapt_batchnorm
+    from eqseg.models.groups import P4M, equivariance_errors
+
+    torch.manual_seed(0)
+    model = build("p4m_unet", 3, 2, depth=2, width=8).double()
+    target = [torch.randn(4, 3, 32, 32, dtype=torch.float64) * 3 + 5 for _ in range(3)]
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    before = first.running_mean.clone()
+    assert adapt_batchnorm(model, target) == 12
+    assert not model.training and not torch.allclose(first.running_mean, before)
+    assert first.momentum == 0.1  # restored
+    errors = equivariance_errors(model, torch.randn(2, 3, 32, 32, dtype=torch.float64), P4M)
+    assert max(errors.values()) < 1e-10, errors

@@ -398,6 +398,8 @@ class NormaliseConfig(_Strict):
     slide or image, computed over its valid pixels)."""
 
     mode: Literal["train", "dataset", "image"] = "train"
+    adabn: bool = Field(False, description="evaluate/predict: re-estimate batch-norm statistics on the scored dataset's "
+                                           "test tiles (images only; AdaBN), recorded beside the scores")
 
 
 class MlflowConfig(_Strict):

@@ -3,7 +3,7 @@ and predict, so none of them imports another."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +26,37 @@ def normaliser_for(mode: str, info: ModelInfo, store: TileStore, ids: np.ndarray
     """The recorded normalisation of the tiles `ids` of `store` for a model (shared by evaluate and predict)."""
     sources = sorted(set(tile_sources(store, ids))) if mode == "image" else None
     return norm.for_store(mode, (info.band_mean, info.band_std), store, sources)
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """AdaBN (Li et al. 2016): replace every batch norm's running statistics by those of unlabelled target inputs
+    (cumulative average over `batches`), the simplest unsupervised domain adaptation. Group batch norms keep their
+    statistics shared over the group axis, so equivariant models stay equivariant. Returns the images seen."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every target image counts equally
+    model.eval()
+    for m in bns:
+        m.train()
+    seen = 0
+    for x in batches:
+        model(x)
+        seen += len(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    model.eval()
+    return seen
+
+
+def adapt_to_store(model, store: TileStore, ids: np.ndarray, normaliser: Normaliser, batch_size: int, device) -> int:
+    """AdaBN on the tiles `ids` of a store (their images only; labels are never read)."""
+    ids = np.sort(np.asarray(ids))
+    batches = (torch.from_numpy(normalised_tiles(store, ids[i : i + batch_size], normaliser)).to(device)
+               for i in range(0, len(ids), batch_size))
+    return adapt_batchnorm(model, batches)
 
 
 def normalised_tiles(store: TileStore, ids: np.ndarray, normaliser: Normaliser) -> np.ndarray:

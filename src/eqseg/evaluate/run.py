@@ -12,7 +12,7 @@ from eqseg import tracking
 from eqseg.config import Params
 from eqseg.data import normalise as norm
 from eqseg.errors import EqsegError
-from eqseg.inference import confusion_on, normaliser_for, normalised_tiles, predict_tiles
+from eqseg.inference import adapt_to_store, confusion_on, normaliser_for, normalised_tiles, predict_tiles
 from eqseg.metrics import IGNORE, scores
 from eqseg.models.checkpoint import load_model
 from eqseg.models.groups import D4, equivariance_errors as group_errors
@@ -31,10 +31,13 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     if len(test_ids) == 0:
         raise EqsegError(f"{tiles}: the test split has no tiles")
     normaliser = normaliser_for(params.normalise.mode, info, store, test_ids)
+    if params.normalise.adabn:
+        adapt_to_store(model, store, test_ids, normaliser, cfg.batch_size, device)
     cm = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser)
     preview = preview_ids(store, test_ids, cfg.n_preview)
     x = torch.from_numpy(normalised_tiles(store, preview, normaliser)).to(device)
-    metrics = (scores(cm, store.meta["classes"]) | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode}
+    metrics = (scores(cm, store.meta["classes"]) | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode,
+                                                    "adabn": params.normalise.adabn}
                | equivariance_errors(model, x))
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", metrics)
