@@ -1,0 +1,62 @@
+"""Classical segmentation baselines as models that need no training: otsu, kmeans, watershed, felzenszwalb,
+split_merge (see `eqseg.classical.methods` for what each fits on the train split).
+
+Common interface, by name through `CLASSICAL`:
+
+    state = fit(name, images, masks, classes, **params)   # images: list of (C, H, W) arrays of any dtype;
+                                                          # masks: list of (H, W) class maps, 255 = unlabelled
+    class_map = predict(state, image)                      # (H, W) uint8 class indices
+
+`state` is a JSON-able dict {"method", "classes", "params", ...fitted numbers}, so it can be stored next to a
+model's metrics. The watershed also gives instances: `CLASSICAL["watershed"].instances(state, image)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from eqseg.classical import methods
+from eqseg.errors import EqsegError
+
+
+@dataclass(frozen=True)
+class ClassicalMethod:
+    name: str
+    fit: Callable[..., dict]
+    predict: Callable[[dict, np.ndarray], np.ndarray]
+    instances: Callable[[dict, np.ndarray], np.ndarray] | None = None
+
+
+CLASSICAL: dict[str, ClassicalMethod] = {
+    "otsu": ClassicalMethod("otsu", methods.otsu_fit, methods.otsu_predict),
+    "kmeans": ClassicalMethod("kmeans", methods.kmeans_fit, methods.kmeans_predict),
+    "watershed": ClassicalMethod("watershed", methods.watershed_fit, methods.watershed_predict,
+                                 methods.watershed_instances),
+    "felzenszwalb": ClassicalMethod("felzenszwalb", methods.felzenszwalb_fit, methods.felzenszwalb_predict),
+    "split_merge": ClassicalMethod("split_merge", methods.split_merge_fit, methods.split_merge_predict),
+}
+
+
+def get(name: str) -> ClassicalMethod:
+    if name not in CLASSICAL:
+        raise EqsegError(f"unknown classical method {name!r} (allowed: {sorted(CLASSICAL)})")
+    return CLASSICAL[name]
+
+
+def is_classical(name: str) -> bool:
+    return name in CLASSICAL
+
+
+def fit(name: str, images, masks, classes, **params) -> dict:
+    """Fit the named method on train images and masks; returns its JSON-able state."""
+    return get(name).fit(images, masks, classes, **params)
+
+
+def predict(state: dict, image) -> np.ndarray:
+    """(H, W) uint8 class map of one (C, H, W) image with a fitted state."""
+    if not isinstance(state, dict) or "method" not in state:
+        raise EqsegError("classical.predict: state must be the dict returned by fit")
+    return get(state["method"]).predict(state, image)

@@ -1,0 +1,124 @@
+"""Spread over seeds, paired intervals vs the unet baseline on a made-up table, nested label budgets."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eqseg.errors import EqsegError
+from eqseg.metrics import scores
+from eqseg.stats import mean_std, nested_budget_ids, paired_bootstrap_interval, paired_t_interval, summarise
+
+T975_DF2 = 4.302652729911275  # scipy.stats.t.ppf(0.975, 2), from tables
+T975_DF1 = 12.706204736174707
+
+
+def test_mean_std_and_t_interval_hand_values():
+    assert mean_std([0.5, 0.6, 0.7]) == pytest.approx({"mean": 0.6, "std": 0.1, "n": 3})
+    one = mean_std([0.4, float("nan")])
+    assert one["mean"] == 0.4 and math.isnan(one["std"]) and one["n"] == 1
+    res = paired_t_interval([0.6, 0.8, 0.7], [0.5, 0.6, 0.7])  # diffs .1 .2 0: mean .1, sd .1
+    half = T975_DF2 * 0.1 / math.sqrt(3)
+    assert res["diff"] == pytest.approx(0.1)
+    assert (res["lo"], res["hi"]) == pytest.approx((0.1 - half, 0.1 + half))
+    assert res["n"] == 3
+    assert math.isnan(paired_t_interval([0.7], [0.6])["lo"])
+    with pytest.raises(EqsegError):
+        paired_t_interval([1, 2], [1])
+
+
+def test_bootstrap_over_images_is_seeded_and_paired():
+    rng = np.random.default_rng(0)
+    base = rng.random(30)
+    better = base + 0.05  # better by exactly 0.05 on every image: every resample gives 0.05
+    res = paired_bootstrap_interval(better, base, seed=3)
+    assert res["diff"] == pytest.approx(0.05)
+    assert (res["lo"], res["hi"]) == pytest.approx((0.05, 0.05))
+    noisy = base + rng.normal(0.02, 0.05, 30)
+    r1 = paired_bootstrap_interval(noisy, base, n_boot=500, seed=7)
+    r2 = paired_bootstrap_interval(noisy, base, n_boot=500, seed=7)
+    assert r1 == r2 and r1["lo"] < r1["diff"] < r1["hi"]
+
+
+def test_bootstrap_with_confusion_matrices_rescores_miou():
+    # two images; per-image confusion matrices; the metric is mIoU of the summed matrix
+    a = np.array([[[4, 0], [0, 4]], [[3, 1], [1, 3]]])
+    b = np.array([[[2, 2], [2, 2]], [[3, 1], [1, 3]]])
+
+    def miou(cm):
+        return scores(cm, ["x", "y"])["miou_macro"]
+
+    res = paired_bootstrap_interval(a, b, metric=miou, n_boot=200, seed=0)
+    # all images: a sums to [[7,1],[1,7]] -> IoU 7/9; b to [[5,3],[3,5]] -> 5/11
+    assert res["diff"] == pytest.approx(7 / 9 - 5 / 11)
+    assert 0 <= res["lo"] <= res["diff"] <= res["hi"] <= 1 - 1 / 3  # resamples of image 2 only give 0
+
+
+def test_nested_budgets_nest_and_are_deterministic():
+    ids = [f"tile_{i:03d}" for i in range(40)]
+    fr = [0.1, 0.25, 0.3, 1.0]
+    sub = nested_budget_ids(ids, fr, seed=0)
+    assert [len(sub[f]) for f in fr] == [4, 10, 12, 40]
+    assert set(sub[0.1]) <= set(sub[0.25]) <= set(sub[0.3]) <= set(sub[1.0]) == set(ids)
+    assert nested_budget_ids(list(reversed(ids)), fr, seed=0) == sub  # input order does not matter
+    other = nested_budget_ids(ids, fr, seed=1)
+    assert other[0.25] != sub[0.25] and set(other[0.1]) <= set(other[0.25])
+    assert len(nested_budget_ids(ids[:3], [0.1], seed=0)[0.1]) == 1  # at least one tile
+    for bad in ([0.0], [1.5]):
+        with pytest.raises(EqsegError):
+            nested_budget_ids(ids, bad, seed=0)
+
+
+def _table():
+    rows = []
+    cell = dict(dataset="cpm15", variant="none", supervision="full")
+    for seed, (u, p) in enumerate([(0.5, 0.6), (0.6, 0.8), (0.7, 0.7)]):
+        rows.append(dict(cell, model="unet", budget=1.0, seed=seed, miou=u, dice=u + 0.1))
+        rows.append(dict(cell, model="p4m_unet", budget=1.0, seed=seed, miou=p, dice=p + 0.1))
+    # budget 0.1: unet has seeds 0, 1 only -> two pairs
+    rows += [dict(cell, model="unet", budget=0.1, seed=0, miou=0.30, dice=0.4),
+             dict(cell, model="unet", budget=0.1, seed=1, miou=0.40, dice=0.5),
+             dict(cell, model="p4m_unet", budget=0.1, seed=0, miou=0.35, dice=0.45),
+             dict(cell, model="p4m_unet", budget=0.1, seed=1, miou=0.55, dice=0.6),
+             dict(cell, model="p4m_unet", budget=0.1, seed=2, miou=0.50, dice=0.6)]
+    # another variant with no unet: no partner
+    rows.append(dict(cell, variant="d4", model="p4_unet", budget=1.0, seed=0, miou=0.9, dice=0.95))
+    return pd.DataFrame(rows)
+
+
+def test_summarise_made_up_table():
+    out = summarise(_table(), metrics=["miou", "dice"])
+    assert set(out.columns) >= {"dataset", "model", "variant", "supervision", "budget", "metric", "mean", "std",
+                                "n", "diff", "diff_lo", "diff_hi", "n_pairs"}
+    assert len(out) == 5 * 2
+
+    def row(model, budget, metric, variant="none"):
+        r = out[(out.model == model) & (out.budget == budget) & (out.metric == metric) & (out.variant == variant)]
+        assert len(r) == 1
+        return r.iloc[0]
+
+    r = row("p4m_unet", 1.0, "miou")
+    half = T975_DF2 * 0.1 / math.sqrt(3)
+    assert (r["mean"], r["std"], r["n"]) == pytest.approx((0.7, 0.1, 3))
+    assert (r["diff"], r["diff_lo"], r["diff_hi"], r["n_pairs"]) == pytest.approx((0.1, 0.1 - half, 0.1 + half, 3))
+    r = row("p4m_unet", 0.1, "miou")  # pairs seeds 0, 1: diffs .05, .15 -> mean .1, sd .0707
+    half = T975_DF1 * np.std([0.05, 0.15], ddof=1) / math.sqrt(2)
+    assert r["n"] == 3 and r["n_pairs"] == 2
+    assert (r["diff"], r["diff_lo"], r["diff_hi"]) == pytest.approx((0.1, 0.1 - half, 0.1 + half))
+    u = row("unet", 1.0, "dice")
+    assert u["mean"] == pytest.approx(0.7) and math.isnan(u["diff"]) and u["n_pairs"] == 0
+    lone = row("p4_unet", 1.0, "miou", variant="d4")
+    assert lone["n"] == 1 and math.isnan(lone["std"]) and math.isnan(lone["diff"]) and lone["n_pairs"] == 0
+    # metric columns are found automatically (numeric, not keys, not seed)
+    assert set(summarise(_table())["metric"]) == {"miou", "dice"}
+
+
+def test_summarise_rejects_bad_tables():
+    t = _table()
+    with pytest.raises(EqsegError, match="seed"):
+        summarise(t.drop(columns="seed"))
+    with pytest.raises(EqsegError, match="duplicate"):
+        summarise(pd.concat([t, t.iloc[:1]]))
+    with pytest.raises(EqsegError, match="iou_x"):
+        summarise(t, metrics=["iou_x"])
