@@ -230,3 +230,18 @@ def test_eval_mode_with_autograd_still_trains_the_weight():
         conv(x).square().sum().backward()
         assert conv.weight.grad.abs().sum() > 0
         opt.step()
+
+
+def test_sequential_refuses_neighbours_that_do_not_fit():
+    from eqseg.errors import EqsegError
+    from eqseg.models.gconv import GBatchNorm, GroupConv, GroupMaxPool, GSequential, LiftingConv
+    from eqseg.models.groups import P4, P4M
+
+    ok = GSequential(LiftingConv(P4M, 3, 4), GBatchNorm(P4M, 4), GroupConv(P4M, 4, 2), GroupMaxPool(P4M, 2))
+    assert ok.in_rep == "trivial" and ok.out_rep == "trivial" and ok.raw_out_channels() == 2
+    with pytest.raises(EqsegError, match="groups differ"):
+        GSequential(LiftingConv(P4M, 3, 4), GBatchNorm(P4, 4))
+    with pytest.raises(EqsegError, match="trivial fields feed a module expecting regular"):
+        GSequential(LiftingConv(P4M, 3, 4), GroupMaxPool(P4M, 4), GroupConv(P4M, 4, 4))
+    with pytest.raises(EqsegError, match="32 channels feed a module expecting 40"):
+        GSequential(LiftingConv(P4M, 3, 4), GroupConv(P4M, 5, 4))

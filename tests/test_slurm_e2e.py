@@ -35,7 +35,16 @@ def test_snakemake_slurm_profile_runs_the_chain(slurm_env, tmp_path):
     assert proc.returncode == 0, proc.stderr[-5000:]
     log = proc.stdout + proc.stderr
     metrics = json.loads((repo / "results/eval/cpm15_slides/unet/full/seed0/metrics.json").read_text())
-    assert 0 < metrics["miou_macro"] <= 1
+    assert metrics["iou_nucleus"] > 0.2, metrics  # the model learned the nucleus class, not all background
     assert (repo / "results/report/report.md").is_file()
-    # every job really went through sbatch (tile x2, train x2, evaluate x2, report)
-    assert log.count("has been submitted with SLURM jobid") >= 7, log[-3000:]
+    # every job but the local `all` really went through sbatch: exactly as many submissions as jobs in the plan
+    planned = job_counts(log)
+    assert planned and log.count("has been submitted with SLURM jobid") == sum(planned.values()) - planned.get("all", 0), log[-3000:]
+
+
+def job_counts(log: str) -> dict[str, int]:
+    """The "Job stats" table Snakemake prints before running: job name -> count."""
+    import re
+
+    table = log.split("Job stats:", 1)[1].split("total", 1)[0] if "Job stats:" in log else ""
+    return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)}

@@ -68,6 +68,7 @@ def start(folder: Path, cpus: int = 2, mem_mb: int = 4000) -> dict[str, str]:
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
         subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True)
+        (folder / "munged.started").write_text("started by the test cluster\n")
         for _ in range(50):
             if _munge_up():
                 break
@@ -85,10 +86,37 @@ def start(folder: Path, cpus: int = 2, mem_mb: int = 4000) -> dict[str, str]:
 
 
 def stop(folder: Path) -> None:
+    """Stop the daemons `start` started (slurmd, slurmctld, and munged if it was not running before) and wait for
+    them to exit, so no test leaves a process behind."""
+    pids = []
     for name in ("slurmd.pid", "slurmctld.pid"):
         pid_file = folder / name
         if pid_file.is_file():
             try:
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
+                pids.append(int(pid_file.read_text().strip()))
+            except ValueError:
                 pass
+    if (folder / "munged.started").is_file():
+        out = subprocess.run(["pgrep", "-x", "munged"], capture_output=True, text=True).stdout.split()
+        pids += [int(p) for p in out]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 15
+    for pid in pids:
+        while time.time() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie child of ours counts as gone
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.is_file() and stat.read_text().split(") ", 1)[-1].startswith("Z"))

@@ -32,6 +32,10 @@ class GModule(nn.Module):
     in_channels: int  # raw channels of the input tensor
     tile_multiple: int = 1  # inputs must be multiples of this (pooling) for exact equivariance
 
+    def raw_out_channels(self) -> int:
+        """Raw channels of the output tensor (pointwise modules keep their input's)."""
+        return self.in_channels
+
     def example_input(self, batch: int = 2) -> torch.Tensor:
         size = 4 * self.tile_multiple
         param = next(self.parameters(), None)
@@ -112,6 +116,9 @@ class _GroupConvBase(GModule):
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.build_filters())
         return self._cache[1]
+
+    def raw_out_channels(self) -> int:
+        return self.weight.shape[0] * self.group.order
 
     def expanded_bias(self) -> torch.Tensor | None:
         return None if self.bias is None else self.bias.repeat_interleave(self.group.order)
@@ -243,6 +250,9 @@ class GroupMaxPool(GModule, GroupMax):
         GroupMax.__init__(self, group.order)
         self.group, self.in_channels = group, fields * group.order
 
+    def raw_out_channels(self) -> int:
+        return self.in_channels // self.group.order
+
     def export(self) -> GroupMax:
         return GroupMax(self.order)
 
@@ -256,6 +266,9 @@ class InvariantConv1x1(GModule, nn.Conv2d):
         nn.Conv2d.__init__(self, in_channels, out_channels, 1, bias=bias)
         self.group = group
 
+    def raw_out_channels(self) -> int:
+        return self.out_channels
+
     def export(self) -> nn.Conv2d:
         conv = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=self.bias is not None,
                          device=self.weight.device, dtype=self.weight.dtype)
@@ -264,13 +277,25 @@ class InvariantConv1x1(GModule, nn.Conv2d):
 
 
 class GSequential(GModule, nn.Sequential):
-    """A chain of equivariant modules; field types come from its ends."""
+    """A chain of equivariant modules; field types come from its ends. Neighbours must agree on the group, the
+    field type and the channel count (as escnn's SequentialModule checks), or the chain is refused when built."""
 
     def __init__(self, *modules: GModule):
         nn.Sequential.__init__(self, *modules)  # also takes the OrderedDict that slicing passes
+        for i, (a, b) in enumerate(zip(list(self)[:-1], list(self)[1:])):
+            where = f"GSequential: module {i} ({type(a).__name__}) -> {i + 1} ({type(b).__name__})"
+            if a.group is not b.group:
+                raise EqsegError(f"{where}: groups differ ({a.group.name} vs {b.group.name})")
+            if a.out_rep != b.in_rep:
+                raise EqsegError(f"{where}: {a.out_rep} fields feed a module expecting {b.in_rep} fields")
+            if a.raw_out_channels() != b.in_channels:
+                raise EqsegError(f"{where}: {a.raw_out_channels()} channels feed a module expecting {b.in_channels}")
         first, last = self[0], self[-1]
         self.group, self.in_rep, self.out_rep, self.in_channels = first.group, first.in_rep, last.out_rep, first.in_channels
         self.tile_multiple = math.lcm(*(m.tile_multiple for m in self))
+
+    def raw_out_channels(self) -> int:
+        return self[-1].raw_out_channels()
 
     def export(self) -> nn.Sequential:
         return nn.Sequential(*(m.export() for m in self)).eval()
