@@ -20,8 +20,8 @@ from eqseg import classical
 from eqseg.classical.common import fit_mapping
 from eqseg.classical.methods import quadtree
 from eqseg.errors import EqsegError
-from eqseg.evaluate.metrics import confusion, scores
-from eqseg.evaluate.objects import ObjectScores, instances_from_classes
+from eqseg.metrics import confusion, scores
+from eqseg.metrics.objects import ObjectScores, instances_from_classes
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1] / "data"
 NAMES = ["otsu", "kmeans", "watershed", "felzenszwalb", "split_merge"]

@@ -8,8 +8,8 @@ import torch
 
 from eqseg.errors import EqsegError
 from eqseg.metrics import confusion
-from eqseg.evaluate.objects import ObjectScores, aji_counts, instances_from_classes, match_objects
-from eqseg.evaluate.ranking import HistogramAP, average_precision_exact, dice_scores
+from eqseg.metrics.objects import ObjectScores, aji_counts, instances_from_classes, match_objects
+from eqseg.metrics.ranking import HistogramAP, average_precision_exact, dice_scores
 
 
 def test_exact_ap_hand_cases():

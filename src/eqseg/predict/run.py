@@ -101,6 +101,7 @@ def _region(shapes, tree, transform: Affine, top: int, n: int, width: int) -> np
 def predict_source(
     model, info: ModelInfo, source, cfg: PredictConfig, device: torch.device, out: Path, proba_out: Path | None = None,
     test_footprints: list | None = None, labelled: bool = True, normaliser: Normaliser | None = None,
+    adabn_used: bool = False,
 ) -> dict:
     """Predict one source into `out` (class map, 255 = nodata) and optionally `proba_out`; return its metrics
     (scene scores only when the source has labels). Windows are normalised by `normaliser` (default: the model's
@@ -173,7 +174,7 @@ def predict_source(
             add_overviews(tmp_p, Resampling.average)
         write_class_styles(out, classes, class_colours(len(classes)))  # beside `out`, before it is renamed into place
     metrics = dict(source=source.name, height=H, width=W, window=S, overlap=cfg.overlap, tta=cfg.tta, timing=timing.report(),
-                   normalise=normaliser.mode)
+                   normalise=normaliser.mode, adabn=adabn_used)
     if labelled:
         metrics["scene"] = scores(cm_all, classes) | {"confusion": cm_all.tolist()}
     if tree is not None:
@@ -267,13 +268,28 @@ def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = No
         proba = out.with_name(f"{out.stem}.proba{out.suffix}") if cfg.probabilities != "none" else None
         footprints = test_footprints(tiles, src.name) if tiles else None
         normaliser = source_normaliser(params.normalise.mode, info, src, tiles)
+        if params.normalise.adabn:
+            adabn(model, info, normaliser, tiles, params.evaluate.batch_size, device)
         metrics = predict_source(model, info, src, cfg, device, out, proba, footprints, labelled=raster is None,
-                                 normaliser=normaliser)
+                                 normaliser=normaliser, adabn_used=params.normalise.adabn)
     finally:
         src.close()
     metrics |= dict(model=info.model, dataset=info.dataset, supervision=info.supervision, seed=info.seed)
     write_json(metrics_out or out.with_suffix(".json"), metrics)
     return metrics
+
+
+def adabn(model, info: ModelInfo, source_normaliser_: Normaliser, tiles: Path | None, batch_size: int, device) -> None:
+    """AdaBN exactly as `eqseg evaluate` does it: on the test tiles of the dataset's store, with the same
+    normalisation of those tiles, so both commands score the same adapted model."""
+    from eqseg.inference import adapt_to_store, normaliser_for
+    from eqseg.tiling.store import TileStore
+
+    if tiles is None:
+        raise EqsegError("normalise.adabn: predicting needs the dataset's tile store (--tiles) to adapt on")
+    store = TileStore(tiles)
+    test_ids = store.ids("test")
+    adapt_to_store(model, store, test_ids, normaliser_for(source_normaliser_.mode, info, store, test_ids), batch_size, device)
 
 
 def source_normaliser(mode: str, info: ModelInfo, source, tiles: Path | None) -> Normaliser:

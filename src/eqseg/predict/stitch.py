@@ -4,6 +4,11 @@ Each window's class probabilities are weighted by a separable ramp that rises ov
 edges (where a CNN sees least context) to 1 in its middle, summed, and divided by the summed weights: seams vanish,
 and a model whose output does not depend on the window gives exactly its own output back. Windows go down the scene
 row by row, so the rows above the next row of windows are final and leave the band.
+
+Windows are placed by eqseg.tiling.grid.window_origins: the last one of each row and column is shifted back to end
+at the source's edge, so in a source at least one window large no window is padded (zero padding past the edge
+made models paint a false class along the right and bottom borders); only a source smaller than a window is padded,
+and its padding carries no weight.
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ def window_weights(size: int, overlap: int) -> np.ndarray:
 
 
 class RowBand:
-    """Weighted sums of probabilities for rows [top, top + size) of the whole width, plus labels and validity."""
+    """Weighted sums of probabilities for rows [top, top + size) of the whole width, plus the labels.
+
+    A window adds weight only where its pixels are valid (inside the source, not nodata): the padding of a window
+    that reaches past the source (a source smaller than a window) or nodata never takes part in the blend, and a
+    pixel no valid window covered comes out as 255."""
 
     def __init__(self, num_classes: int, size: int, width: int, overlap: int):
         self.size, self.width = size, width
@@ -35,30 +44,29 @@ class RowBand:
         self.acc = np.zeros((num_classes, size, width), dtype=np.float32)
         self.wsum = np.zeros((size, width), dtype=np.float32)
         self.labels = np.full((size, width), 255, dtype=np.uint8)
-        self.valid = np.zeros((size, width), dtype=bool)
 
-    def add(self, col: int, probs: np.ndarray | None, labels: np.ndarray, valid: np.ndarray) -> None:
-        """One window at `col` of the current row: probabilities (K, S, S), or None for a skipped window."""
+    def add(self, col: int, probs: np.ndarray | None, labels: np.ndarray, valid: np.ndarray | None) -> None:
+        """One window at `col` of the current row: probabilities (K, S, S), or None for a skipped window; `valid`
+        (S, S) marks its pixels inside the source and not nodata (None: all of them)."""
         w = min(self.size, self.width - col)
-        h = self.size
-        self.labels[:, col : col + w] = labels[:h, :w]
+        self.labels[:, col : col + w] = labels[:, :w]
         if probs is None:
             return
-        wt = self.weights[:, :w]
+        wt = self.weights[:, :w] if valid is None else self.weights[:, :w] * valid[:, :w]
         self.acc[:, :, col : col + w] += probs[:, :, :w] * wt
         self.wsum[:, col : col + w] += wt
-        self.valid[:, col : col + w] |= valid[:h, :w]
 
-    def pop(self, n: int, fill: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Finish the first n rows: (class map uint8, probabilities float32, labels); then shift the band up by n."""
+    def pop(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Finish the first n rows: (class map uint8 with 255 where no valid window was computed, probabilities
+        float32 (0 there), labels, that "not computed" mask); then shift the band up by n."""
         wsum = self.wsum[:n]
+        missing = wsum <= 0
         probs = self.acc[:, :n] / np.maximum(wsum, 1e-12)
         classes = probs.argmax(axis=0).astype(np.uint8)
-        classes[wsum <= 0] = fill  # no window computed here: background of a slide, nodata of a scene
-        classes[(wsum > 0) & ~self.valid[:n]] = 255  # nodata inside a computed window
-        probs[:, classes == 255] = 0
+        classes[missing] = 255  # skipped (background of a slide), nodata of a scene, or padding
+        probs[:, missing] = 0
         labels = self.labels[:n].copy()
-        for a, empty in ((self.acc, 0), (self.wsum, 0), (self.labels, 255), (self.valid, False)):
+        for a, empty in ((self.acc, 0), (self.wsum, 0), (self.labels, 255)):
             a[..., : self.size - n, :] = a[..., n:, :]
             a[..., self.size - n :, :] = empty
-        return classes, probs, labels
+        return classes, probs, labels, missing

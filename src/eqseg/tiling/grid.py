@@ -23,6 +23,17 @@ def tile_origins(extent: int, size: int, overlap: int) -> list[int]:
     return origins
 
 
+def window_origins(extent: int, size: int, overlap: int) -> list[int]:
+    """Start offsets of sliding windows along one axis: stride size-overlap, the last one shifted back to end exactly
+    at `extent` (so no window reaches past the scene and none is padded); a single window at 0 when the extent is
+    smaller than a window (that one alone is padded)."""
+    if size <= overlap:
+        raise EqsegError(f"window size ({size}) must be larger than its overlap ({overlap})")
+    if extent <= size:
+        return [0]
+    return list(range(0, extent - size, size - overlap)) + [extent - size]
+
+
 def tile_windows(row0: int, col0: int, height: int, width: int, size: int, overlap: int) -> list[tuple[int, int]]:
     """(row, col) origins of the tiles covering the rectangle at (row0, col0) of the given height and width."""
     return [

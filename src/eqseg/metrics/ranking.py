@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from eqseg.errors import EqsegError
+from eqseg.labels import IGNORE
 
-IGNORE = 255
 LOGIT_RANGE = 32.0
 
 
