@@ -110,3 +110,247 @@ def test_failed_retile_keeps_the_previous_store(eqseg_cli, tmp_path):
     bad = write_params(tmp_path / "bad.yaml", tmp_path / "cut.tif", DATA / "geotiff_labels.geojson")
     assert eqseg_cli(["tile", "scene", "--params", str(bad), "--out", str(out)], cwd=tmp_path).returncode == 2
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+# --------------------------------------------------------------------------------------------- every command
+# Each bad input below runs the real `eqseg` entry point (in this process, for speed: no interpreter and torch start
+# per case) and must end as one stderr line `eqseg <cmd>: error: ...`, exit status 2, and leave the workspace as it
+# was: no output, no temporary, nothing replaced. docs/errors.md lists the same inputs with the lines they print.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def absolute_params(dest: Path) -> Path:
+    """The smoke params with every data path absolute and the MLflow store inside dest."""
+    p = yaml.safe_load((ROOT / "tests/smoke/params.yaml").read_text())
+    for d in p["datasets"].values():
+        for key in ("images", "masks"):
+            if key in d:
+                d[key] = str(ROOT / d[key])
+        for s in d.get("scenes", []):
+            s.update(raster=str(ROOT / s["raster"]), labels=str(ROOT / s["labels"]))
+    for g in p["slides"].values():
+        g.update(images=str(ROOT / g["images"]), masks=str(ROOT / g["masks"]))
+    p["mlflow"]["tracking_uri"] = f"sqlite:///{dest / 'mlflow.db'}"
+    (dest / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    return dest / "params.yaml"
+
+
+def call_main(args: list[str], cwd: Path, capfd) -> tuple[int, str]:
+    """Run eqseg.cli.main with these arguments in cwd; return (exit status, stderr)."""
+    import os
+    import sys
+
+    from eqseg.cli import main
+
+    argv, here = sys.argv, Path.cwd()
+    sys.argv = ["eqseg", *args]
+    os.chdir(cwd)
+    capfd.readouterr()
+    try:
+        main()
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+    return status, capfd.readouterr().err
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """A workspace: absolute params, a real 1-band SpaceNet tile store, a 3-band and a 1-band model (untrained, saved
+    the way `eqseg train` saves them), a folder of the user's own files, and a copy of the scene raster."""
+    import torch
+
+    from eqseg.config import load_params
+    from eqseg.models import build
+    from eqseg.models.checkpoint import ModelInfo, save_model
+    from eqseg.tiling.store import build_tile_store
+
+    ws = tmp_path_factory.mktemp("ws")
+    params = absolute_params(ws)
+    p = load_params(params)
+    build_tile_store("spacenet_atlanta", p.dataset("spacenet_atlanta"), p.tile, ws / "tiles")
+    torch.manual_seed(0)
+    (ws / "rgb_model").mkdir()
+    info = ModelInfo(model="unet", options=p.models["unet"], in_channels=3, num_classes=2, classes=["background", "nucleus"],
+                     band_mean=[0.0] * 3, band_std=[1.0] * 3, tile_size=64, dataset="cpm15")
+    save_model(ws / "rgb_model" / "model.pt", build("unet", 3, 2, **p.models["unet"]), info)
+    (ws / "grey_model").mkdir()
+    grey = info.model_copy(update=dict(in_channels=1, classes=["background", "building"], band_mean=[0.0], band_std=[1.0],
+                                       dataset="spacenet_atlanta"))
+    save_model(ws / "grey_model" / "model.pt", build("unet", 1, 2, **p.models["unet"]), grey)
+    (ws / "mine").mkdir()
+    (ws / "mine" / "thesis.tex").write_text("years of work")
+    shutil.copy(DATA / "sample_geotiff.tif", ws / "scene.tif")
+    (ws / "broken.yaml").write_text("grid: [1\n")
+    typo = yaml.safe_load(params.read_text())
+    typo["weak"]["options"] = {"points": {"per_objekt": 2}}
+    (ws / "weak_typo.yaml").write_text(yaml.safe_dump(typo))
+    return ws
+
+
+P = ["--params", "params.yaml"]
+CASES = {
+    # command, arguments, what the one line must contain
+    "check-missing-params": (["check", "--params", "absent.yaml"], ["absent.yaml", "not found"]),
+    "check-broken-yaml": (["check", "--params", "broken.yaml"], ["broken.yaml", "not valid YAML"]),
+    "check-unknown-weak-option": (["check", "--params", "weak_typo.yaml"], ["weak.options.points.per_objekt", "unknown option"]),
+    "tile-missing-params": (["tile", "spacenet_atlanta", "--params", "absent.yaml"], ["absent.yaml", "not found"]),
+    "tile-unknown-dataset": (["tile", "nodata", *P], ["unknown dataset 'nodata'"]),
+    "tile-foreign-out": (["tile", "spacenet_atlanta", *P, "--out", "mine"], ["mine", "not written by eqseg", "another --out"]),
+    "tile-usage": (["tile", *P], ["Missing argument 'DATASET'", "--help"]),
+    "weak-unknown-dataset": (["weak", "nodata", "full", *P, "--out", "w"], ["unknown dataset 'nodata'"]),
+    "weak-missing-tiles": (["weak", "spacenet_atlanta", "full", *P, "--tiles", "nowhere", "--out", "w"], ["nowhere", "not a tile store"]),
+    "weak-unknown-supervision": (["weak", "spacenet_atlanta", "nonsense", *P, "--tiles", "tiles", "--out", "w"], ["'nonsense'"]),
+    "weak-foreign-out": (["weak", "spacenet_atlanta", "full", *P, "--tiles", "tiles", "--out", "mine"], ["mine", "not written by eqseg"]),
+    "train-missing-params": (["train", "--params", "absent.yaml", "--dataset", "spacenet_atlanta", "--model", "unet", "--out", "m"],
+                             ["absent.yaml", "not found"]),
+    "train-unknown-dataset": (["train", *P, "--dataset", "nodata", "--model", "unet", "--out", "m"], ["unknown dataset 'nodata'"]),
+    "train-foreign-out": (["train", *P, "--dataset", "spacenet_atlanta", "--model", "unet", "--tiles", "tiles", "--labels", "nowhere",
+                           "--out", "mine"], ["mine", "not written by eqseg"]),
+    "train-unknown-model": (["train", *P, "--dataset", "spacenet_atlanta", "--model", "resnet", "--tiles", "tiles", "--out", "m"],
+                            ["'resnet'"]),
+    "train-missing-tiles": (["train", *P, "--dataset", "spacenet_atlanta", "--model", "unet", "--tiles", "nowhere",
+                             "--labels", "nowhere", "--out", "m"], ["nowhere", "not a tile store"]),
+    "train-usage": (["train", *P, "--dataset", "spacenet_atlanta", "--model", "unet"], ["Missing option '--out'"]),
+    "evaluate-missing-model": (["evaluate", *P, "--model-dir", "nowhere", "--tiles", "tiles", "--out", "e"], ["nowhere/model.pt", "not found"]),
+    "evaluate-missing-tiles": (["evaluate", *P, "--model-dir", "rgb_model", "--tiles", "nowhere", "--out", "e"], ["nowhere", "not a tile store"]),
+    "evaluate-3-band-model-on-1-band-tiles": (["evaluate", *P, "--model-dir", "rgb_model", "--tiles", "tiles", "--out", "e"],
+                                              ["tiles: 1 band", "unet", "3"]),
+    "predict-missing-model": (["predict", *P, "--model-dir", "nowhere", "--raster", "scene.tif", "--out", "p.tif"], ["nowhere/model.pt", "not found"]),
+    "predict-no-source": (["predict", *P, "--model-dir", "rgb_model", "--out", "p.tif"], ["--raster"]),
+    "predict-over-its-input": (["predict", *P, "--model-dir", "grey_model", "--raster", "scene.tif", "--out", "scene.tif"],
+                               ["scene.tif", "replace the input"]),
+    "predict-dataset-unknown-dataset": (["predict-dataset", *P, "--model-dir", "rgb_model", "--dataset", "nodata", "--out", "pd"],
+                                        ["unknown dataset 'nodata'"]),
+    "predict-dataset-missing-model": (["predict-dataset", *P, "--model-dir", "nowhere", "--dataset", "spacenet_atlanta",
+                                       "--tiles", "tiles", "--out", "pd"], ["nowhere/model.pt", "not found"]),
+    "report-missing-metrics": (["report", *P, "--out", "rep"], ["metrics.json", "missing", "run evaluate"]),
+    "report-missing-params": (["report", "--params", "absent.yaml", "--out", "rep"], ["absent.yaml", "not found"]),
+    "make-slide-missing-images": (["make-slide", "--images", "nowhere", "--masks", "nowhere", "--mpp", "0.5", "--out", "s.ome.tif",
+                                   "--mask-out", "m.ome.tif"], ["nowhere", "images folder not found"]),
+    "make-slides-unknown-group": (["make-slides", "nogroup", *P, "--out", "sl"], ["no slides group 'nogroup'"]),
+    "make-slides-foreign-out": (["make-slides", "cpm15_slides", *P, "--out", "mine"], ["mine", "not written by eqseg"]),
+    "digits-missing-params": (["digits", "--params", "absent.yaml", "--model", "cnn", "--out", "d"], ["absent.yaml", "not found"]),
+    "digits-bad-model": (["digits", *P, "--model", "resnet", "--out", "d"], ["'--model'", "'resnet'"]),
+    "digits-foreign-out": (["digits", *P, "--model", "cnn", "--out", "mine"], ["mine", "not written by eqseg"]),
+    "tracking-init-missing-params": (["tracking-init", "--params", "absent.yaml"], ["absent.yaml", "not found"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_command_fails_in_one_line(ws, capfd, case):
+    args, needles = CASES[case]
+    before = snapshot(ws)
+    status, err = call_main(args, ws, capfd)
+    lines = err.strip().splitlines()
+    assert status == 2, err
+    assert len(lines) == 1 and lines[0].startswith(f"eqseg {args[0]}: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert snapshot(ws) == before, "the failed command changed the workspace"
+
+
+def test_tile_refuses_a_folder_of_user_files(eqseg_cli, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    params = write_params(tmp_path / "p.yaml", DATA / "sample_geotiff.tif", DATA / "geotiff_labels.geojson")
+    proc = eqseg_cli(["tile", "scene", "--params", str(params), "--out", str(mine)], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not written by eqseg" in proc.stderr, proc.stderr
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"] and (mine / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "p.yaml"]
+
+
+def test_retile_replaces_its_own_output_and_next_run_removes_a_killed_runs_leftover(eqseg_cli, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from conftest import BIN, tool_env
+
+    params = write_params(tmp_path / "p.yaml", DATA / "sample_geotiff.tif", DATA / "geotiff_labels.geojson")
+    out = tmp_path / "tiles"
+    cmd = [str(BIN / "eqseg"), "tile", "scene", "--params", str(params), "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in tmp_path.iterdir() if p.name.startswith(".tiles.tmp-")] and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".tiles.")]
+    assert left and f".{proc.pid}." in left[0], left  # killed while writing: its temporary folder is left
+    assert eqseg_cli(cmd[1:], cwd=tmp_path).returncode == 0
+    assert eqseg_cli(cmd[1:], cwd=tmp_path).returncode == 0  # its own output: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml", "tiles"]  # the leftover is gone
+    assert (out / ".eqseg-output.json").is_file() and (out / "meta.json").is_file()
+
+
+def test_empty_label_file(eqseg_cli, tmp_path):
+    empty = tmp_path / "empty.geojson"
+    empty.write_text('{"type": "FeatureCollection", "features": []}')
+    params = write_params(tmp_path / "p.yaml", DATA / "sample_geotiff.tif", empty)
+    expect_error(eqseg_cli, tmp_path, params, "empty.geojson", "has no features")
+
+
+def test_png_renamed_tif(eqseg_cli, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(tmp_path / "pic.png")
+    (tmp_path / "pic.png").rename(tmp_path / "pic.tif")
+    params = write_params(tmp_path / "p.yaml", tmp_path / "pic.tif", DATA / "geotiff_labels.geojson")
+    expect_error(eqseg_cli, tmp_path, params, "pic.tif", "not a GeoTIFF", "PNG", "no georeferencing")
+
+
+def test_self_intersecting_polygon_is_repaired_and_said_once(eqseg_cli, tmp_path):
+    from shapely.geometry import Polygon
+
+    gdf = gpd.read_file(DATA / "geotiff_labels.geojson")
+    c, d = gdf.geometry.iloc[0].centroid, 0.0002
+    bowtie = Polygon([(c.x - d, c.y - d), (c.x + d, c.y + d), (c.x + d, c.y - d), (c.x - d, c.y + d)])
+    gpd.GeoDataFrame(geometry=[bowtie, *gdf.geometry[1:]], crs=gdf.crs).to_file(tmp_path / "bow.geojson")
+    params = write_params(tmp_path / "p.yaml", DATA / "sample_geotiff.tif", tmp_path / "bow.geojson")
+    proc = eqseg_cli(["tile", "scene", "--params", str(params), "--out", str(tmp_path / "out")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "bow.geojson: repaired 1 invalid geometry" in warnings[0], proc.stderr
+
+
+def test_repaired_polygon_keeps_its_area(tmp_path):
+    from shapely.geometry import Polygon
+
+    from eqseg.tiling.sources import load_vector_labels
+
+    bowtie = Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])  # two triangles of area 1 meeting at (1, 1)
+    gpd.GeoDataFrame(geometry=[bowtie], crs="EPSG:32633").to_file(tmp_path / "bow.gpkg")
+    [(geom, cls)] = load_vector_labels(tmp_path / "bow.gpkg", tmp_path / "r.tif", "EPSG:32633", (0, 0, 10, 10), None, None, 2)
+    assert geom.is_valid and geom.geom_type == "MultiPolygon" and abs(geom.area - 2.0) < 1e-12 and cls == 1
+
+
+def test_truncated_ome_tiff_is_one_line(eqseg_cli, tmp_path, root):
+    p = yaml.safe_load((root / "tests/smoke/params.yaml").read_text())
+    group = p["slides"]["cpm15_slides"]
+    made = eqseg_cli(["make-slide", "--images", str(root / group["images"]), "--masks", str(root / group["masks"]),
+                      "--mask-suffix", "_mask", "--include", "image0[1-3].png", "--mpp", "0.5",
+                      "--out", "s.ome.tif", "--mask-out", "s.mask.ome.tif"], cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    whole = (tmp_path / "s.ome.tif").read_bytes()
+    (tmp_path / "cut.ome.tif").write_bytes(whole[: len(whole) // 2])
+    d = p["datasets"]["cpm15_slides"] | {"slides": [{"image": "cut.ome.tif", "mask": "s.mask.ome.tif"}]}
+    p.pop("slides")
+    p["datasets"], p["grid"]["datasets"] = {"sl": d}, ["sl"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(p))
+    proc = eqseg_cli(["tile", "sl", "--params", "p.yaml", "--out", "out"], cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("eqseg tile: error: cut.ome.tif: truncated") and not (tmp_path / "out").exists(), lines

@@ -70,6 +70,7 @@ def weak(dataset: str, supervision: str, params_path: Path, tiles: Path | None, 
     from eqseg.weak.stage import make_weak_stage
 
     p = _load(params_path)
+    p.dataset(dataset)
     q = make_weak_stage(p, dataset, p.supervision(supervision), tiles or Path(paths.TILES.format(dataset=dataset)), out)
     precision = "-" if q.get("precision") is None else f"{q['precision']:.3f}"
     click.echo(f"{dataset}/{supervision}: labelled fraction {q['labelled_fraction']:.4f}, precision {precision}")
@@ -92,6 +93,7 @@ def train(params_path, dataset, model_name, supervision, seed, tiles, labels, ou
     from eqseg.train.loop import train as run
 
     p = _load(params_path)
+    p.dataset(dataset)
     if p.train.nproc > 1 and not os.environ.get(distributed.LAUNCHED):
         distributed.check_devices(p.train.nproc, p.train.device)
         sys.exit(distributed.relaunch(p.train.nproc, sys.argv[1:]))
@@ -133,8 +135,11 @@ def digits(params_path: Path, model_name: str, seed: int, out: Path) -> None:
     torch.set_num_threads(cfg.threads)
     with atomic_dir(out) as tmp:
         metrics = run(tmp, model=model_name, epochs=cfg.epochs, seed=seed, n_train=cfg.n_train, device=cfg.device)
-    tracking.start_run(p.mlflow, None, run_name=f"digits/{model_name}/seed{seed}", tags={
-        "stage": "digits", "dataset": "mnist5k", "model": model_name, "seed": str(seed), "git_commit": tracking.git_commit()})
+    from eqseg.config import stable_hash
+
+    tracking.start_cell_run(p.mlflow, dict(stage="digits", dataset="mnist5k", model=model_name, seed=seed),
+                            stable_hash(cfg.model_dump()), run_name=f"digits/{model_name}/seed{seed}",
+                            tags={"stage": "digits", "dataset": "mnist5k", "model": model_name, "seed": str(seed)})
     tracking.log_params({"digits": cfg.model_dump(exclude={"models", "seeds"}), "model": model_name, "seed": seed})
     tracking.log_metrics({k: v for k, v in metrics.items() if k.startswith(("acc_", "n_params"))})
     tracking.log_artifacts([out / "metrics.json"])

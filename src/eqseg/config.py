@@ -370,6 +370,8 @@ class PredictConfig(_Strict):
     batch_size: int = Field(8, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+    object_metrics_max_pixels: int = Field(25_000_000, ge=0, description="object F1/AJI of sources up to this size "
+                                           "(they need the whole stitched map in memory); 0: never")
 
     @model_validator(mode="after")
     def _overlap_below_window(self):

@@ -65,25 +65,39 @@ def normalised_tiles(store: TileStore, ids: np.ndarray, normaliser: Normaliser) 
 
 
 @torch.no_grad()
-def predict_tiles(
+def tile_logits(
     model: torch.nn.Module, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device,
     normaliser: Normaliser, amp: bool = True,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (sorted tile ids, predicted class maps) batch by batch."""
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield (sorted tile ids, float32 logits on the CPU) batch by batch."""
     model.eval()
     ids = np.sort(np.asarray(ids))
     for start in range(0, len(ids), batch_size):
         sel = ids[start : start + batch_size]
         x = torch.from_numpy(normalised_tiles(store, sel, normaliser)).to(device)
         with autocast(device, amp):
-            pred = model(x).argmax(1).cpu().numpy().astype(np.uint8)
-        yield sel, pred
+            logits = model(x)
+        yield sel, logits.float().cpu()
+
+
+def predict_tiles(
+    model: torch.nn.Module, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device,
+    normaliser: Normaliser, amp: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (sorted tile ids, predicted class maps) batch by batch."""
+    for sel, logits in tile_logits(model, store, ids, batch_size, device, normaliser, amp):
+        yield sel, logits.argmax(1).numpy().astype(np.uint8)
 
 
 def confusion_on(model, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device, normaliser: Normaliser,
-                 amp: bool = True) -> np.ndarray:
+                 amp: bool = True, ranking=None) -> np.ndarray:
+    """Confusion matrix over the tiles `ids`; with `ranking` (a metrics.ranking.HistogramAP), also feed it the
+    softmax probabilities for threshold-free average precision."""
     n = store.meta["num_classes"]
     cm = np.zeros((n, n), dtype=np.int64)
-    for sel, pred in predict_tiles(model, store, ids, batch_size, device, normaliser, amp):
-        cm += confusion(pred, store.masks[sel], n)
+    for sel, logits in tile_logits(model, store, ids, batch_size, device, normaliser, amp):
+        masks = np.asarray(store.masks[sel])
+        cm += confusion(logits.argmax(1).numpy().astype(np.uint8), masks, n)
+        if ranking is not None:
+            ranking.update(torch.softmax(logits, dim=1).numpy(), masks)
     return cm

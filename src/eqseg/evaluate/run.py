@@ -14,14 +14,16 @@ from eqseg.data import normalise as norm
 from eqseg.errors import EqsegError
 from eqseg.inference import adapt_to_store, confusion_on, normaliser_for, normalised_tiles, predict_tiles
 from eqseg.metrics import IGNORE, scores
+from eqseg.metrics.ranking import HistogramAP, dice_scores
 from eqseg.models.checkpoint import load_model
 from eqseg.models.groups import D4, equivariance_errors as group_errors
 from eqseg.runtime import resolve_device
 from eqseg.tiling.store import TileStore
-from eqseg.utils.atomic import atomic_dir, write_json
+from eqseg.utils.atomic import atomic_dir, check_replaceable, write_json
 
 
 def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
+    check_replaceable(out)
     cfg = params.evaluate
     device = resolve_device(cfg.device)
     store = TileStore(tiles)
@@ -33,10 +35,12 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     normaliser = normaliser_for(params.normalise.mode, info, store, test_ids)
     if params.normalise.adabn:
         adapt_to_store(model, store, test_ids, normaliser, cfg.batch_size, device)
-    cm = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser)
+    ranking = HistogramAP(store.meta["num_classes"])
+    cm = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, ranking=ranking)
     preview = preview_ids(store, test_ids, cfg.n_preview)
     x = torch.from_numpy(normalised_tiles(store, preview, normaliser)).to(device)
-    metrics = (scores(cm, store.meta["classes"]) | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode,
+    classes = store.meta["classes"]
+    metrics = (scores(cm, classes) | dice_scores(cm, classes) | ranking.compute(classes) | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode,
                                                     "adabn": params.normalise.adabn}
                | equivariance_errors(model, x))
     with atomic_dir(out) as tmp:
@@ -47,12 +51,11 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
         preds = np.concatenate([p for _, p in predict_tiles(model, store, preview, cfg.batch_size, device, normaliser)])
         plot_predictions(tmp / "predictions.png", store, preview, preds)
     run_file = model_dir / "run.json"
-    if run_file.is_file():
+    if run_file.is_file():  # add the test scores to the training's run, without reopening it
         run_id = json.loads(run_file.read_text())["run_id"]
-        tracking.start_run(params.mlflow, run_id, run_name="", tags={})
-        tracking.log_metrics({f"test_{k}": v for k, v in metrics.items()})
-        tracking.log_artifacts([out / "metrics.json", out / "confusion.png", out / "predictions.png"], subdir="eval")
-        tracking.end_run()
+        tracking.log_to_run(params.mlflow, run_id, {f"test_{k}": v for k, v in metrics.items()},
+                            [out / "metrics.json", out / "confusion.png", out / "predictions.png"], subdir="eval",
+                            tags={"normalise": normaliser.mode, "adabn": str(params.normalise.adabn).lower()})
     return metrics
 
 

@@ -108,7 +108,8 @@ class ObjectScores:
 
     `update(pred_inst, true_inst, valid=None)` with instance maps (use `instances_from_classes` on a class map).
     `compute(prefix="")` returns {prefix+"obj_precision", "obj_recall", "obj_f1", "obj_tp", "obj_fp", "obj_fn",
-    "aji" (mean over images with any true or predicted object), "aji_pooled", "images"}.
+    "aji" (mean over images with any true or predicted object), "aji_pooled", "aji_c", "aji_u" (its sums, for
+    pooling over sources), "images"}.
     """
 
     def __init__(self, iou_threshold: float = 0.5):
@@ -137,5 +138,6 @@ class ObjectScores:
             f"{prefix}obj_tp": tp, f"{prefix}obj_fp": fp, f"{prefix}obj_fn": fn,
             f"{prefix}aji": float(np.mean(self.per_image_aji)) if self.per_image_aji else float("nan"),
             f"{prefix}aji_pooled": self.c / self.u if self.u else float("nan"),
+            f"{prefix}aji_c": self.c, f"{prefix}aji_u": self.u,
             f"{prefix}images": len(self.per_image_aji),
         }

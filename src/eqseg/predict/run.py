@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from eqseg.config import GeoTiffDataset, PairsDataset, Params, PredictConfig, SlideDataset
 from eqseg.errors import EqsegError
 from eqseg.metrics import IGNORE, confusion, scores
+from eqseg.metrics.objects import ObjectScores, instances_from_classes
+from eqseg.metrics.ranking import HistogramAP, dice_scores
 from eqseg.predict.stitch import RowBand
 from eqseg.slides.readers import slide_name
 from eqseg.predict.writer import RowWriter, add_overviews, class_colours, profile, write_class_styles
@@ -36,7 +38,7 @@ from eqseg.data.normalise import Normaliser
 from eqseg.models.checkpoint import ModelInfo
 from eqseg.models.groups import D4
 from eqseg.runtime import autocast
-from eqseg.utils.atomic import atomic_file, write_json
+from eqseg.utils.atomic import atomic_file, check_outputs_apart, check_replaceable, write_json
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,10 @@ def predict_source(
     tree = STRtree(test_footprints) if test_footprints else None
     cm_all, cm_test = np.zeros((K, K), dtype=np.int64), np.zeros((K, K), dtype=np.int64)
     timing = Timing()
+    ranking = HistogramAP(K)  # threshold-free: average precision per class from the blended probabilities
+    # object F1 / AJI need whole objects: the stitched map and labels of the source, when small enough
+    whole = ((np.full((H, W), IGNORE, np.uint8), np.full((H, W), IGNORE, np.uint8))
+             if labelled and H * W <= cfg.object_metrics_max_pixels else None)
     model.eval()
     # A progress bar in a terminal (stderr), none in logs (tqdm's disable=None: off when stderr is not a TTY).
     progress = tqdm(total=len(rows) * len(cols), desc=f"predict {source.name}", unit="window", disable=None, leave=False)
@@ -160,6 +166,10 @@ def predict_source(
             region = _region(test_footprints, tree, transform, r, n, W)
             if region is not None:
                 cm_test += confusion(scored[region], labels[region], K)
+            if labelled:
+                ranking.update(p, np.where(missing, IGNORE, labels))
+                if whole is not None:
+                    whole[0][r : r + n], whole[1][r : r + n] = scored, labels
             maps.push(cls[None])
             if probs_w:
                 probs_w.push(np.round(p * 255).astype(np.uint8) if cfg.probabilities == "uint8" else np.where(cls == IGNORE, np.nan, p))
@@ -176,10 +186,39 @@ def predict_source(
     metrics = dict(source=source.name, height=H, width=W, window=S, overlap=cfg.overlap, tta=cfg.tta, timing=timing.report(),
                    normalise=normaliser.mode, adabn=adabn_used)
     if labelled:
-        metrics["scene"] = scores(cm_all, classes) | {"confusion": cm_all.tolist()}
+        metrics["scene"] = (scores(cm_all, classes) | dice_scores(cm_all, classes) | ranking.compute(classes)
+                            | {"confusion": cm_all.tolist()})
+        if whole is not None:
+            metrics["objects"] = object_scores(*whole, classes)
     if tree is not None:
         metrics["test"] = scores(cm_test, classes) | {"confusion": cm_test.tolist()}
     return metrics
+
+
+def object_scores(pred: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict:
+    """Object precision/recall/F1 (one-to-one matches at IoU >= 0.5, as the SpaceNet metric) and aggregated Jaccard
+    (AJI) per foreground class, objects = connected components of each class in the stitched map and the labels
+    (touching objects of one class merge: an instance-level truth would be stricter)."""
+    out = {}
+    valid = truth != IGNORE
+    for k, name in enumerate(classes):
+        if k == 0:
+            continue  # background is not made of objects
+        acc = ObjectScores(0.5)
+        acc.update(instances_from_classes(pred, k), instances_from_classes(truth, k), valid)
+        out[name] = acc.compute()
+    return out
+
+
+def pool_objects(per_source: list[dict]) -> dict:
+    """Object counts summed over sources: F1 from the pooled matches, AJI as pooled intersection / union."""
+    out = {}
+    for name in dict.fromkeys(k for d in per_source for k in d):
+        tp, fp, fn, c, u = (sum(d[name][f"obj_{x}"] if x in ("tp", "fp", "fn") else d[name][f"aji_{x}"]
+                                for d in per_source if name in d) for x in ("tp", "fp", "fn", "c", "u"))
+        out[name] = dict(obj_tp=tp, obj_fp=fp, obj_fn=fn, obj_f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
+                         aji_pooled=c / u if u else float("nan"))
+    return out
 
 
 def _proba_target(path: Path | None):
@@ -263,9 +302,11 @@ def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = No
         src = open_source(params.dataset(dataset), source)
     else:
         raise EqsegError("predict: give --dataset and --source, or --raster")
+    proba = out.with_name(f"{out.stem}.proba{out.suffix}") if cfg.probabilities != "none" else None
     try:
+        check_outputs_apart({"--out": out, "--metrics": metrics_out or out.with_suffix(".json"), "probabilities": proba},
+                            {"--raster": raster, "source": getattr(src, "path", None)})
         model, info = load_model(model_dir / "model.pt", device)
-        proba = out.with_name(f"{out.stem}.proba{out.suffix}") if cfg.probabilities != "none" else None
         footprints = test_footprints(tiles, src.name) if tiles else None
         normaliser = source_normaliser(params.normalise.mode, info, src, tiles)
         if params.normalise.adabn:
@@ -326,6 +367,7 @@ def predict_dataset(params: Params, model_dir: Path, dataset: str, tiles: Path |
     from eqseg.metrics import scores
     from eqseg.utils.atomic import atomic_dir
 
+    check_replaceable(out_dir)
     names = prediction_sources(params, dataset)
     with atomic_dir(out_dir) as tmp:
         per_source = {name: predict(params, model_dir, tmp / f"{name}.tif", dataset, name, None, tiles) for name in names}
@@ -334,5 +376,26 @@ def predict_dataset(params: Params, model_dir: Path, dataset: str, tiles: Path |
             cms = [np.asarray(m[key]["confusion"]) for m in per_source.values() if key in m]
             if cms:
                 pooled[key] = scores(sum(cms), params.dataset(dataset).classes)
+        objects = pool_objects([m["objects"] for m in per_source.values() if "objects" in m])
+        if objects:
+            pooled["objects"] = objects
         write_json(tmp / "scenes.json", {"sources": names, "pooled": pooled})
+    log_scene_metrics(params, model_dir, pooled, out_dir / "scenes.json")
     return {"sources": names, "pooled": pooled}
+
+
+def log_scene_metrics(params: Params, model_dir: Path, pooled: dict, scenes_json: Path) -> None:
+    """The stitched-scene scores join the training's MLflow run (scene_* over every pixel once, stitched_test_*
+    over the test tiles' footprints)."""
+    import json
+
+    from eqseg import tracking
+
+    run_file = model_dir / "run.json"
+    if not run_file.is_file():
+        return
+    metrics = {f"scene_{k}": v for k, v in pooled.get("scene", {}).items()}
+    metrics |= {f"stitched_test_{k}": v for k, v in pooled.get("test", {}).items()}
+    for cls, obj in pooled.get("objects", {}).items():
+        metrics |= {f"scene_{k}_{cls}": v for k, v in obj.items()}
+    tracking.log_to_run(params.mlflow, json.loads(run_file.read_text())["run_id"], metrics, [scenes_json], subdir="predict")

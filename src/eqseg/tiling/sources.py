@@ -3,7 +3,7 @@
 Each source hands out one padded tile at a time (never reading the whole raster): the pixels of [row, row_end) x
 [col, col_end) inside the tile, the rest padding. It returns the image (C, S, S), the mask (S, S, uint8 class
 ids, 255 = no label: padding, nodata, or unknown), the fraction of valid pixels and the valid pixels themselves.
-Whole-slide images have their own source in eqseg.slides.source, with the same interface.
+Whole-slide images have their own source in eqseg.slides.source; all implement eqseg.tiling.source.Source.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from rasterio.errors import RasterioIOError
 from shapely.geometry import box
 
 from eqseg.errors import EqsegError
+from eqseg.tiling.source import SourceDefaults
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -74,7 +75,7 @@ def aligned_span(start: int, stop: int, block: int, limit: int) -> tuple[int, in
 
 
 @dataclass
-class GeoSource:
+class GeoSource(SourceDefaults):
     """A georeferenced raster; labels are vector shapes already reprojected to its CRS, rasterised per strip.
 
     Tiles are cut from strips aligned to the file's internal blocks and as wide as the raster (or as wide as
@@ -102,6 +103,7 @@ class GeoSource:
         self._next: Future | None = None  # the strip the next row of tiles will need, being read
         self._last_row: int | None = None
         self._pool = ThreadPoolExecutor(max_workers=1)
+        self._coarse: np.ndarray | None = None  # decimated validity, where overviews make it cheap
         if not self._all_valid and self._ds.overviews(1):  # before any thread reads: a dataset is not thread-safe
             self._step = max(1, min(self.height, self.width) // 512)
             shape = (max(1, self.height // self._step), max(1, self.width // self._step))
@@ -114,12 +116,12 @@ class GeoSource:
     def footprint(self, row: int, col: int, height: int, width: int):
         x0, y0 = self.transform @ (col, row)
         x1, y1 = self.transform @ (col + width, row + height)
-        return shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        return shapely.box(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1))
 
     def has_valid_pixels(self, row: int, col: int, height: int, width: int) -> bool:
         """Whether a region may hold a valid pixel: judged on a decimated mask only where that is cheap (overviews);
         otherwise True, and reading the tile decides."""
-        if not hasattr(self, "_coarse"):
+        if self._coarse is None:
             return True
         r0, c0 = row // self._step, col // self._step
         r1, c1 = -(-(row + height) // self._step), -(-(col + width) // self._step)
@@ -130,9 +132,11 @@ class GeoSource:
         if self._mask_band:
             valid = self._ds.dataset_mask(window=win) > 0
         elif any(v is not None for v in self._ds.nodatavals):
-            valid = np.zeros(data.shape[1:], dtype=bool)
+            valid = None
             for band, nd in zip(data, self._ds.nodatavals):
-                valid |= ~np.isnan(band) if nd is not None and np.isnan(nd) else band != nd
+                if nd is not None:
+                    has = ~np.isnan(band) if np.isnan(nd) else band != nd
+                    valid = has if valid is None else np.logical_or(valid, has, out=valid)
         else:
             valid = np.ones(data.shape[1:], dtype=bool)
         if np.issubdtype(data.dtype, np.floating):
@@ -221,8 +225,15 @@ def open_raster(path: Path, **options):
         ds.read(1, window=rasterio.windows.Window(ds.width - 1, ds.height - 1, 1, 1))
     except RasterioIOError as err:
         ds.close()
-        raise EqsegError(f"{path}: cannot read raster pixels (truncated or corrupt file: {err})") from None
+        raise EqsegError(f"{path}: cannot read raster pixels (truncated or corrupt file: {_gdal_reason(err)})") from None
     return ds
+
+
+def _gdal_reason(err: Exception) -> str:
+    """GDAL's own reason for a failed read (rasterio's message only says 'see previous exception')."""
+    cause = err.__cause__ or err.__context__
+    text = str(cause if cause is not None and str(cause) else err)
+    return (text.splitlines() or [""])[0][:200]
 
 
 def load_vector_labels(
@@ -237,17 +248,21 @@ def load_vector_labels(
         gdf = gpd.read_file(path, layer=layer) if layer else gpd.read_file(path)
     except Exception as err:  # pyogrio raises several types for unreadable files
         raise EqsegError(f"{path}: cannot read vector labels ({str(err).splitlines()[0]})") from None
+    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    if gdf.empty:
+        raise EqsegError(f"{path}: the label file has no features (no geometries), so it labels nothing on {raster_path.name}")
     if gdf.crs is None:
         raise EqsegError(f"{path}: vector labels have no CRS, so they cannot be placed on {raster_path.name}; set one (e.g. ogr2ogr -a_srs)")
     if raster_crs is None:
-        raise EqsegError(f"{raster_path}: raster has no CRS, so vector labels from {path.name} cannot be placed on it")
-    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+        raise EqsegError(_no_georeferencing(raster_path, path))
+    gdf = _repair_invalid(gdf, path)
     if class_field is None:
         ids = np.ones(len(gdf), dtype=int)
     else:
         if class_field not in gdf.columns:
             fields = [c for c in gdf.columns if c != gdf.geometry.name]
-            raise EqsegError(f"{path}: unknown class field {class_field!r} (fields: {fields})")
+            shown = f"{fields[:12]} and {len(fields) - 12} more" if len(fields) > 12 else f"{fields}"
+            raise EqsegError(f"{path}: unknown class field {class_field!r} (fields: {shown})")
         values = gdf[class_field]
         if class_values is not None:
             unknown = sorted({str(v) for v in values} - set(class_values))
@@ -266,6 +281,42 @@ def load_vector_labels(
     if not gdf.intersects(box(*raster_bounds)).any():
         raise EqsegError(f"{path}: labels do not overlap the raster {raster_path.name} (after reprojection to its CRS)")
     return list(zip(gdf.geometry.to_numpy(), ids.tolist()))
+
+
+def _no_georeferencing(raster_path: Path, labels_path: Path) -> str:
+    """The message for a raster without a CRS: name the format GDAL found when it is not a GeoTIFF."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(raster_path) as ds:
+                driver = ds.driver
+    except RasterioIOError:
+        driver = None
+    if driver and driver != "GTiff":
+        return (f"{raster_path}: not a GeoTIFF (GDAL reads it as {driver}) and has no georeferencing, so vector labels "
+                f"from {labels_path.name} cannot be placed on it")
+    return (f"{raster_path}: GeoTIFF without a CRS (no georeferencing), so vector labels from {labels_path.name} cannot "
+            "be placed on it; set one (e.g. gdal_edit.py -a_srs EPSG:...)")
+
+
+def _repair_invalid(gdf, path: Path):
+    """Invalid geometries (self-intersecting polygons...) repaired with shapely.make_valid, keeping their polygonal
+    parts; one warning says how many. Parts that collapse to nothing are dropped."""
+    import logging
+
+    import geopandas as gpd
+
+    invalid = ~gdf.geometry.is_valid.to_numpy()
+    if not invalid.any():
+        return gdf
+    geoms = gdf.geometry.to_numpy().copy()
+    geoms[invalid] = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
+    gdf = gdf.copy()
+    gdf[gdf.geometry.name] = gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs)
+    n = int(invalid.sum())
+    logging.getLogger(__name__).warning("%s: repaired %d invalid geometr%s (e.g. self-intersecting polygons) with "
+                                        "shapely.make_valid", path, n, "y" if n == 1 else "ies")
+    return gdf[~gdf.geometry.is_empty]
 
 
 # --------------------------------------------------------------------------------------------- image/mask pairs
@@ -325,7 +376,7 @@ def mask_to_classes(raw: np.ndarray, mode: str, values: dict[int, int] | None, n
 
 
 @dataclass
-class PairSource:
+class PairSource(SourceDefaults):
     """An image and its mask, both small enough to hold in memory (pathology tiles, EM slices)."""
 
     image_path: Path
@@ -345,8 +396,12 @@ class PairSource:
         self.crs = None
         self.transform = None
 
+    @property
+    def path(self) -> Path:
+        return self.image_path
+
     def footprint(self, row: int, col: int, height: int, width: int):
-        return box(col, row, col + width, row + height)
+        return shapely.box(col, row, col + width, row + height)
 
     def has_valid_pixels(self, row: int, col: int, height: int, width: int) -> bool:
         return True

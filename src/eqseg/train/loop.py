@@ -31,7 +31,7 @@ from eqseg.models.checkpoint import ModelInfo, save_model
 from eqseg.tiling.store import TileStore
 from eqseg.train import distributed as ddp
 from eqseg.runtime import autocast, resolve_device, seed_everything, set_threads
-from eqseg.utils.atomic import atomic_dir, atomic_file
+from eqseg.utils.atomic import atomic_dir, atomic_file, check_replaceable
 
 log = logging.getLogger(__name__)
 
@@ -127,36 +127,40 @@ class Checkpoint:
 class Observer:
     """Hooks of one training; the default does nothing. MLflow is one observer, not woven through the loop."""
 
-    def start(self, state: dict, run_config: dict, extra: dict) -> None: ...
+    def start(self, state: dict, run_config: dict, extra: dict, config_hash: str) -> None: ...
     def epoch(self, row: dict) -> None: ...
-    def finish(self, summary: dict, files: list[Path]) -> None: ...
+    def finish(self, summary: dict, files: list[Path], net, info: ModelInfo) -> None: ...
     def fail(self) -> None: ...
 
 
 class MlflowObserver(Observer):
-    """One MLflow run per grid cell; its id travels in the checkpoint, so a resumed training continues it."""
+    """One MLflow run per grid cell; its id travels in the checkpoint, so a resumed training continues it, and a
+    retry after a kill before the first checkpoint closes the dead run (KILLED) instead of leaving two."""
 
-    def __init__(self, params: Params, cell: dict, labels_dir: Path, quality: dict):
-        self.params, self.cell, self.labels_dir, self.quality = params, cell, labels_dir, quality
+    def __init__(self, params: Params, cell: dict, labels_dir: Path, quality: dict, tiles: Path):
+        self.params, self.cell, self.labels_dir, self.quality, self.tiles = params, cell, labels_dir, quality, tiles
 
-    def start(self, state: dict, run_config: dict, extra: dict) -> None:
+    def start(self, state: dict, run_config: dict, extra: dict, config_hash: str) -> None:
         c = self.cell
-        run = tracking.start_run(
-            self.params.mlflow, state["run_id"], run_name=f"{c['dataset']}/{c['model']}/{c['supervision']}/seed{c['seed']}",
-            tags={k: str(v) for k, v in c.items()} | {"git_commit": tracking.git_commit(), "stage": "train"},
+        run = tracking.start_cell_run(
+            self.params.mlflow, dict(stage="train", **c), config_hash, run_id=state["run_id"],
+            run_name=f"{c['dataset']}/{c['model']}/{c['supervision']}/seed{c['seed']}",
+            tags={k: str(v) for k, v in c.items()},
         )
         state["run_id"] = run.info.run_id
         if state["epoch"] == 0:
             tracking.log_params(run_config | extra)
             tracking.log_metrics(weak_metrics(self.quality))
             tracking.log_artifacts([self.labels_dir / "quality.json"], subdir="labels")
+            tracking.log_dataset(self.tiles, name=c["dataset"])
 
     def epoch(self, row: dict) -> None:
         tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
-    def finish(self, summary: dict, files: list[Path]) -> None:
+    def finish(self, summary: dict, files: list[Path], net, info: ModelInfo) -> None:
         tracking.log_metrics(summary)
         tracking.log_artifacts(files)
+        tracking.log_model(net, info.model_dump())
         tracking.end_run()
 
     def fail(self) -> None:
@@ -194,6 +198,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     """Train one grid cell; write model.pt, history.csv, config.json, run.json and curves.png into `out`.
     Under torchrun (train.nproc > 1) every rank trains; rank 0 alone writes and returns the summary, others {}.
     `observer` defaults to MLflow tracking (rank 0)."""
+    check_replaceable(out)  # before hours of training, not after
     cfg = params.train
     world = ddp.current_world()
     store = TileStore(tiles)
@@ -245,8 +250,9 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         log.warning("resuming %s from epoch %d (checkpoint %s)", out, state["epoch"], ckpt.path)
     state = state or dict(epoch=0, history=[], best=-1.0, best_state=None, run_id=None)
     cell = dict(dataset=dataset, model=model_name, supervision=sup.name, seed=seed)
-    observer = (observer or MlflowObserver(params, cell, labels_dir, quality)) if world.main else Observer()
-    observer.start(state, run_config, {"n_params": n_params, "macs_per_tile": macs, "device": str(device), "processes": world.size})
+    observer = (observer or MlflowObserver(params, cell, labels_dir, quality, tiles)) if world.main else Observer()
+    observer.start(state, run_config, {"n_params": n_params, "macs_per_tile": macs, "device": str(device), "processes": world.size},
+                   ckpt.config_hash)
     try:
         run_epochs(model, net, ds, store, val_ids, loss_fn, optimiser, scheduler, scaler, device, amp, cfg, seed, state,
                    ckpt, observer, world, val_normaliser, params.evaluate.batch_size)
@@ -271,7 +277,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         (tmp / "config.json").write_text(json.dumps(run_config | {"summary": summary}, indent=2, default=str) + "\n")
         (tmp / "run.json").write_text(json.dumps({"run_id": state["run_id"], "tracking_uri": params.mlflow.tracking_uri}) + "\n")
         plot_history(tmp / "curves.png", state["history"], title=run_config_title(run_config))
-    observer.finish(summary, [out / "model.pt", out / "history.csv", out / "config.json", out / "curves.png"])
+    observer.finish(summary, [out / "model.pt", out / "history.csv", out / "config.json", out / "curves.png"], net, info)
     ckpt.remove()
     return summary
 
