@@ -227,3 +227,17 @@ def test_bad_names_and_options_fail_at_load(root, bad, needle):
         parse_params(raw, "params.yaml")
     message = str(err.value)
     assert "\n" not in message and needle in message, message
+
+
+def test_typed_classical_options_match_the_methods():
+    from eqseg import config
+    from eqseg.classical import CLASSICAL, methods
+
+    specs = {"otsu": {}, "kmeans": methods.KMEANS, "watershed": methods.WATERSHED, "felzenszwalb": methods.FELZENSZWALB,
+             "split_merge": methods.SPLIT_MERGE}
+    assert set(config.CLASSICAL_OPTIONS) == set(CLASSICAL) == set(specs)
+    for name, spec in specs.items():
+        spec = {**spec, **methods.COMMON}
+        fields = {k: f for k, f in config.CLASSICAL_OPTIONS[name].model_fields.items() if k != "max_fit_tiles"}
+        assert set(fields) == set(spec), name
+        assert all(fields[k].default == default for k, (_, _, default) in spec.items()), name

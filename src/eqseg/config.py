@@ -176,10 +176,57 @@ class GridNetOptions(_Strict):
         return 2 ** (self.rows - 1)
 
 
-# Every model name eqseg.models can build, with its typed options (a test checks both lists agree).
+class _ClassicalOptions(_Strict):
+    """Classical baselines (eqseg.classical): fitted on the train split in seconds, no network."""
+
+    normalise: Literal["image", "train"] = "image"
+    max_fit_tiles: int = Field(64, ge=1, description="train tiles the method is fitted on (a seeded sample)")
+
+    @property
+    def tile_multiple(self) -> int:
+        return 1
+
+
+class OtsuOptions(_ClassicalOptions):
+    pass
+
+
+class KmeansModelOptions(_ClassicalOptions):
+    k: int = Field(8, ge=2)
+    seed: int = Field(0, ge=0)
+
+
+class WatershedModelOptions(_ClassicalOptions):
+    min_distance: int = Field(3, ge=1)
+    min_size: int = Field(10, ge=0)
+    bg_margin: int = Field(2, ge=1)
+
+
+class FelzenszwalbOptions(_ClassicalOptions):
+    scale: float = Field(100.0, ge=0)
+    sigma: float = Field(0.8, ge=0)
+    min_size: int = Field(20, ge=1)
+    k: int = Field(6, ge=2)
+    seed: int = Field(0, ge=0)
+
+
+class SplitMergeOptions(_ClassicalOptions):
+    split_threshold: float = Field(0.75, ge=0)
+    min_block: int = Field(8, ge=1)
+    merge_threshold: float = Field(0.5, ge=0)
+    k: int = Field(6, ge=2)
+    seed: int = Field(0, ge=0)
+
+
+CLASSICAL_OPTIONS: dict[str, type[_ClassicalOptions]] = {
+    "otsu": OtsuOptions, "kmeans": KmeansModelOptions, "watershed": WatershedModelOptions,
+    "felzenszwalb": FelzenszwalbOptions, "split_merge": SplitMergeOptions,
+}
+
+# Every model name eqseg can train or fit, with its typed options (a test checks them against the builders).
 MODEL_OPTIONS: dict[str, type[_Strict]] = {
     "unet": UNetOptions, "p4_unet": GroupUNetOptions, "p4m_unet": GroupUNetOptions, "gridnet": GridNetOptions,
-    "c8_unet": UNetOptions, "d8_unet": UNetOptions,
+    "c8_unet": UNetOptions, "d8_unet": UNetOptions, **CLASSICAL_OPTIONS,
 }
 
 

@@ -16,6 +16,41 @@ from eqseg.runtime import autocast
 from eqseg.tiling.store import TileStore
 
 
+class ClassicalNet(torch.nn.Module):
+    """A fitted classical method (eqseg.classical) behind the network interface: one-hot scores of its class map,
+    so evaluate, predict, test-time augmentation and the equivariance metric treat it as any model. Its inputs are
+    the normalised tiles; the methods standardise each image themselves (normalise: image), which an affine
+    normalisation before them does not change."""
+
+    tile_multiple = 1
+
+    def __init__(self, state: dict, num_classes: int):
+        super().__init__()
+        self.state, self.num_classes = state, num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from eqseg import classical
+
+        maps = np.stack([classical.predict(self.state, image) for image in x.detach().float().cpu().numpy()])
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(maps.astype(np.int64)), self.num_classes)
+        return onehot.permute(0, 3, 1, 2).to(device=x.device, dtype=torch.float32)
+
+
+def load_trained(model_dir, device) -> tuple[torch.nn.Module, ModelInfo]:
+    """The model of a trained (model.pt) or fitted classical (classical.json) grid cell."""
+    import json
+    from pathlib import Path
+
+    from eqseg.models.checkpoint import load_model
+
+    fitted = Path(model_dir) / "classical.json"
+    if fitted.is_file() and not (Path(model_dir) / "model.pt").is_file():
+        blob = json.loads(fitted.read_text())
+        info = ModelInfo.model_validate(blob["info"])
+        return ClassicalNet(blob["state"], info.num_classes).to(device).eval(), info
+    return load_model(Path(model_dir) / "model.pt", device)
+
+
 def tile_sources(store: TileStore, ids: np.ndarray) -> list[str]:
     """The source of each tile (for per-source normalisation)."""
     by_id = store.index.set_index("tile_id").source

@@ -15,7 +15,7 @@ from eqseg.errors import EqsegError
 from eqseg.inference import adapt_to_store, confusion_on, normaliser_for, normalised_tiles, predict_tiles
 from eqseg.metrics import IGNORE, scores
 from eqseg.metrics.ranking import HistogramAP, dice_scores
-from eqseg.models.checkpoint import load_model
+from eqseg.inference import load_trained
 from eqseg.models.groups import D4, equivariance_errors as group_errors
 from eqseg.runtime import resolve_device
 from eqseg.tiling.store import TileStore
@@ -27,7 +27,7 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     cfg = params.evaluate
     device = resolve_device(cfg.device)
     store = TileStore(tiles)
-    model, info = load_model(model_dir / "model.pt", device)
+    model, info = load_trained(model_dir, device)
     info.check_inputs(store.meta["bands"], store.meta["classes"], str(tiles))
     test_ids = store.ids("test")
     if len(test_ids) == 0:

@@ -289,7 +289,7 @@ def test_footprints(tiles: Path, source: str) -> list:
 def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = None, source: str | None = None,
             raster: Path | None = None, tiles: Path | None = None, metrics_out: Path | None = None) -> dict:
     """Load the model, open the source (a dataset's, with labels, or any GeoTIFF without), predict, write metrics."""
-    from eqseg.models.checkpoint import load_model
+    from eqseg.inference import load_trained
     from eqseg.runtime import resolve_device, set_threads
     from eqseg.tiling.sources import GeoSource
 
@@ -306,7 +306,7 @@ def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = No
     try:
         check_outputs_apart({"--out": out, "--metrics": metrics_out or out.with_suffix(".json"), "probabilities": proba},
                             {"--raster": raster, "source": getattr(src, "path", None)})
-        model, info = load_model(model_dir / "model.pt", device)
+        model, info = load_trained(model_dir, device)
         footprints = test_footprints(tiles, src.name) if tiles else None
         normaliser = source_normaliser(params.normalise.mode, info, src, tiles)
         if params.normalise.adabn:

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from eqseg import tracking
-from eqseg.config import Params, stable_hash
+from eqseg.config import CLASSICAL_OPTIONS, Params, stable_hash
 from eqseg.data.dataset import TileDataset
 from eqseg.errors import EqsegError
 from eqseg.data import normalise as norm
@@ -199,6 +199,10 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     Under torchrun (train.nproc > 1) every rank trains; rank 0 alone writes and returns the summary, others {}.
     `observer` defaults to MLflow tracking (rank 0)."""
     check_replaceable(out)  # before hours of training, not after
+    if model_name in CLASSICAL_OPTIONS:
+        from eqseg.train.classical import fit_classical
+
+        return fit_classical(params, dataset, model_name, supervision, seed, tiles, labels_dir, out)
     cfg = params.train
     world = ddp.current_world()
     store = TileStore(tiles)

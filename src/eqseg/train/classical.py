@@ -1,0 +1,78 @@
+"""`eqseg train` for a classical baseline: fit it on the train split's labels (seconds, no epochs) and write a model
+folder that evaluate, predict and the report read like a network's: classical.json (state + model info),
+config.json, history.csv (one row: the validation score), run.json (its MLflow run)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from eqseg import classical, tracking
+from eqseg.config import CLASSICAL_OPTIONS, Params, stable_hash
+from eqseg.data import normalise as norm
+from eqseg.errors import EqsegError
+from eqseg.inference import ClassicalNet, confusion_on
+from eqseg.metrics import scores
+from eqseg.models.checkpoint import ModelInfo
+from eqseg.runtime import resolve_device
+from eqseg.tiling.store import TileStore
+from eqseg.utils.atomic import atomic_dir, write_json
+
+
+def fit_classical(params: Params, dataset: str, model_name: str, supervision: str, seed: int, tiles: Path,
+                  labels_dir: Path, out: Path) -> dict:
+    from eqseg.train.loop import load_labels, select_train_ids, weak_metrics, write_history
+
+    t0 = time.perf_counter()
+    options = dict(params.model_options(model_name))
+    typed = CLASSICAL_OPTIONS[model_name].model_validate(options)
+    store = TileStore(tiles)
+    meta = store.meta
+    sup = params.supervision(supervision)
+    labels, label_ids, quality = load_labels(labels_dir)
+    if labels.ndim != 3:
+        raise EqsegError(f"{model_name}: classical baselines need pixel labels, not image tags ({supervision})")
+    ids = select_train_ids(store, min(typed.max_fit_tiles, params.train.max_train_tiles or typed.max_fit_tiles), seed)
+    row_of = {int(t): r for r, t in enumerate(label_ids)}
+    images = [np.asarray(store.images[i]) for i in ids]
+    masks = [np.asarray(labels[row_of[int(i)]]) for i in ids]
+    method_options = typed.model_dump(exclude={"max_fit_tiles"})
+    state = classical.fit(model_name, images, masks, meta["classes"], **method_options)
+    info = ModelInfo(model=model_name, options=options, in_channels=meta["bands"], num_classes=meta["num_classes"],
+                     classes=meta["classes"], band_mean=meta["band_mean"], band_std=meta["band_std"],
+                     normalise=params.normalise.mode, tile_size=meta["tile_size"], dataset=dataset,
+                     supervision=sup.name, seed=seed)
+    val_ids = store.ids("val")
+    device = resolve_device("cpu")
+    normaliser = norm.for_store(params.normalise.mode, (meta["band_mean"], meta["band_std"]), store,
+                                sorted(set(store.index.loc[store.index.tile_id.isin(val_ids), "source"])) if params.normalise.mode == "image" else None)
+    val = scores(confusion_on(ClassicalNet(state, meta["num_classes"]), store, val_ids, params.evaluate.batch_size, device,
+                              normaliser), meta["classes"]) if len(val_ids) else {}
+    seconds = time.perf_counter() - t0
+    history = [dict(epoch=1, train_loss=float("nan"), val_miou=val.get("miou_macro", float("nan")),
+                    val_iou_micro=val.get("iou_micro", float("nan")), seconds=seconds)]
+    summary = dict(best_epoch=1, best_val_miou=history[0]["val_miou"], final_train_loss=float("nan"), n_params=0,
+                   macs_per_tile=0, train_seconds=seconds)
+    run_config = dict(dataset=dataset, model=model_name, supervision=sup.name, seed=seed, model_options=options,
+                      normalise=params.normalise.mode, n_train_tiles=len(ids), n_val_tiles=len(val_ids), tiles=str(tiles))
+    cell = dict(dataset=dataset, model=model_name, supervision=sup.name, seed=seed)
+    run = tracking.start_cell_run(params.mlflow, dict(stage="train", **cell), stable_hash(run_config | {"classical": True}),
+                                  run_name=f"{dataset}/{model_name}/{sup.name}/seed{seed}",
+                                  tags={k: str(v) for k, v in cell.items()} | {"classical": "true"})
+    try:
+        tracking.log_params(run_config)
+        tracking.log_metrics(weak_metrics(quality) | summary)
+        with atomic_dir(out) as tmp:
+            write_json(tmp / "classical.json", {"info": info.model_dump(), "state": state})
+            write_history(tmp / "history.csv", history)
+            (tmp / "config.json").write_text(json.dumps(run_config | {"summary": summary}, indent=2, default=str) + "\n")
+            (tmp / "run.json").write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": params.mlflow.tracking_uri}) + "\n")
+        tracking.log_artifacts([out / "classical.json", out / "config.json"])
+        tracking.end_run()
+    except BaseException:
+        tracking.end_run("KILLED")
+        raise
+    return summary
