@@ -119,6 +119,22 @@ def evaluate(params_path, model_dir, tiles, out) -> None:
 
 @cli.command()
 @params_option
+@click.option("--model-a", type=click.Path(file_okay=False, path_type=Path), required=True, help="A trained model folder.")
+@click.option("--model-b", type=click.Path(file_okay=False, path_type=Path), required=True, help="Another (e.g. p4m_unet, or unet of another seed).")
+@click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), required=True, help="Tile store whose test tiles both see.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--max-tiles", type=int, default=64, show_default=True, help="Test tiles used (a seeded sample).")
+def compare(params_path, model_a, model_b, tiles, out, max_tiles) -> None:
+    """Compare what two trained models learned: layer x layer CKA and per-layer D4 invariance (CSV and plots)."""
+    from eqseg.compare.run import compare as run
+
+    s = run(_load(params_path), model_a, model_b, tiles, out, max_tiles)
+    click.echo(f"{out}: CKA on {s['examples']} test tiles" + (f", mean diagonal {s['cka_diagonal_mean']:.3f}"
+                                                              if s["cka_diagonal_mean"] is not None else ""))
+
+
+@cli.command()
+@params_option
 @click.option("--model", "model_name", type=click.Choice(["cnn", "p4cnn"]), required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
