@@ -165,3 +165,23 @@ def test_adabn_takes_target_statistics_and_keeps_p4m_equivariant():
     assert first.momentum == 0.1  # restored
     errors = equivariance_errors(model, torch.randn(2, 3, 32, 32, dtype=torch.float64), P4M)
     assert max(errors.values()) < 1e-10, errors
+
+
+def test_tta_control_changes_nothing_for_an_exactly_equivariant_model(crops, tmp_path):
+    """evaluate.tta scores every model also under D4 test-time augmentation: a no-op for p4m_unet (equal up to
+    rounding ties), a real change for a unet."""
+    from eqseg.evaluate.run import evaluate
+
+    tmp, meta = crops
+    params = params_for(tmp, tmp / "data", "train")
+    m = evaluate(params, tmp / "model", tmp / "tiles", tmp_path / "unet")
+    assert m["tta_miou_macro"] != m["miou_macro"]
+    torch.manual_seed(1)
+    info = ModelInfo(model="p4m_unet", options={"depth": 2, "width": 16}, in_channels=3, num_classes=2,
+                     classes=["background", "nucleus"], band_mean=meta["band_mean"], band_std=meta["band_std"],
+                     tile_size=TILE)
+    (tmp_path / "p4m").mkdir()
+    save_model(tmp_path / "p4m" / "model.pt", build("p4m_unet", 3, 2, depth=2, width=16), info)
+    m = evaluate(params, tmp_path / "p4m", tmp / "tiles", tmp_path / "p4m_eval")
+    assert m["tta_miou_macro"] == pytest.approx(m["miou_macro"], abs=1e-4)
+    assert m["equivariance_error_max"] < 1e-4

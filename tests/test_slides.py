@@ -181,3 +181,74 @@ def test_slide_group_errors(root, tmp_path, eqseg_cli):
     proc = eqseg_cli(["make-slides", "nope", "--params", str(root / "params.yaml"), "--out", str(tmp_path / "x")], cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "eqseg make-slides: error: params: no slides group 'nope' (defined: ['cpm15_slides'])"]
+
+
+def test_bundled_slide_store_is_unchanged_to_the_byte(bundled_slides, tmp_path):
+    from test_tiling import BUNDLED_SLIDES_STORE_DIGEST, store_digest
+
+    params, out, _ = bundled_slides
+    cfg = params.dataset("cpm15_slides")
+    cfg = cfg.model_copy(update={"slides": [Slide(image=str(out / Path(s.image).name), mask=str(out / Path(s.mask).name)) for s in cfg.slides]})
+    build_tile_store("cpm15_slides", cfg, TileConfig(size=128, overlap=0, min_valid_fraction=0.05), tmp_path / "tiles")
+    assert store_digest(tmp_path / "tiles") == BUNDLED_SLIDES_STORE_DIGEST
+
+
+def test_building_slides_never_deletes_its_inputs(root, tmp_path):
+    """Issue 11: `make-slides NAME` into data/NAME/ used to replace the folder that held its own images and masks."""
+    import shutil
+
+    import yaml
+
+    from eqseg.config import parse_params
+    from eqseg.slides.make import make_slide_group
+
+    data = tmp_path / "data" / "g"
+    for sub, pattern in (("images", "image01.png"), ("masks", "image01_mask.png")):
+        (data / sub).mkdir(parents=True)
+        shutil.copy(root / "data/cpm15" / sub / pattern, data / sub / pattern)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    group = parse_params(raw).slides["cpm15_slides"].model_copy(update={
+        "images": str(data / "images"), "masks": str(data / "masks"),
+        "slides": {"g": parse_params(raw).slides["cpm15_slides"].slides["cpm15_20x"].model_copy(update={"include": []})}})
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out in (data, data / "images"):  # the folder holding the inputs, and an input folder itself
+        with pytest.raises(EqsegError, match=r"holds the input images|is the input images") as err:
+            make_slide_group(group, out)
+        assert len(str(err.value).splitlines()) == 1
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    with pytest.raises(EqsegError, match="not written by eqseg"):  # a folder eqseg did not write is not replaced
+        make_slide_group(group, tmp_path / "mine")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before + [Path("mine"), Path("mine/notes.txt")]
+    placed = make_slide_group(group, tmp_path / "built")  # a folder of its own: built, and rebuilt over itself
+    assert make_slide_group(group, tmp_path / "built") == placed and (tmp_path / "built" / "g.ome.tif").is_file()
+    assert (data / "images" / "image01.png").is_file() and (data / "masks" / "image01_mask.png").is_file()
+
+
+def test_library_pyramid_and_speck_removal_equal_the_hand_written_ones():
+    """make.halve is skimage's downscale_local_mean (2x2 means rounded half up, an odd edge row/column dropped) and
+    tissue.drop_small is skimage's remove_small_objects; both give what the arithmetic they replaced gave."""
+    from scipy import ndimage
+
+    from eqseg.slides.make import halve
+    from eqseg.slides.tissue import drop_small
+
+    rng = np.random.default_rng(0)
+    for a in (rng.integers(0, 256, (9, 7, 3), dtype=np.uint8), rng.integers(0, 65536, (6, 5), dtype=np.uint16)):
+        x = a[:8, :6].astype(np.float64) if a.ndim == 3 else a[:6, :4].astype(np.float64)
+        want = np.floor((x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2]) / 4 + 0.5).astype(a.dtype)
+        assert np.array_equal(halve(a, nearest=False), want)
+    m = np.array([[1, 0, 2, 255], [0, 0, 2, 2]], dtype=np.uint8)
+    assert np.array_equal(halve(m, nearest=True), [[1, 2]])  # class ids are sampled, never averaged
+    mask = np.zeros((20, 20), bool)
+    mask[1:4, 1:4] = True  # 9 pixels
+    mask[10:12, 10:15] = True  # 10 pixels
+    mask[15, 15] = mask[16, 16] = True  # two specks, diagonal: separate components (4-connectivity)
+    kept = drop_small(mask, 9)
+    assert kept[10:12, 10:15].all() and kept.sum() == 10
+    for p in (0.4, 0.6):
+        noisy = rng.random((200, 150)) < p
+        labels, _ = ndimage.label(noisy)
+        sizes = np.bincount(labels.ravel())
+        want = (sizes > 5)[labels] & noisy
+        assert np.array_equal(drop_small(noisy, 5), want)

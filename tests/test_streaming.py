@@ -121,7 +121,7 @@ def test_raster_without_crs_given_vector_labels(tmp_path):
     labels = write_labels(tmp_path / "l.gpkg")
     with rasterio.open(raster) as ds:
         crs, bounds = ds.crs, ds.bounds
-    with pytest.raises(EqsegError, match="nocrs.tif: raster has no CRS"):
+    with pytest.raises(EqsegError, match="nocrs.tif: GeoTIFF without a CRS"):
         load_vector_labels(labels, raster, crs, bounds, "cls", None, 3)
 
 

@@ -14,6 +14,7 @@ from rasterio.transform import from_origin
 from shapely.geometry import box
 
 from eqseg.config import GeoTiffDataset, PairsDataset, Scene, SplitConfig, TileConfig
+from eqseg.errors import EqsegError
 from eqseg.tiling.sources import GeoSource, load_vector_labels
 from eqseg.tiling.store import TileStore, build_tile_store
 
@@ -127,3 +128,112 @@ def test_nodata_tiles_are_dropped_and_nodata_pixels_unlabelled(tmp_path):
     assert meta["bands"] == 4 and meta["dtype"] == "uint16"
     store = TileStore(tmp_path / "tiles")
     assert (store.masks == 1).any()
+
+
+# --------------------------------------------------------------------------------------------- one Source interface
+def _bundled_cfgs(root: Path):
+    from eqseg.config import load_params
+
+    params = load_params(root / "params.yaml")
+    return params, {name: params.dataset(name) for name in ("cpm15", "spacenet_atlanta")}
+
+
+def test_every_source_kind_has_the_whole_interface(root, tmp_path):
+    """Pairs and scenes from the dataset configurations, a slide built from real tiles: each is a Source with every
+    capability set explicitly, and names, order and single-source opening agree with open_sources."""
+    from eqseg.config import Slide, SlideDataset
+    from eqseg.slides.make import make_slide
+    from eqseg.tiling.source import Source, open_source, open_sources, source_names
+
+    make_slide(root / "data/cpm15/images", root / "data/cpm15/masks", tmp_path / "s.ome.tif", tmp_path / "s.mask.ome.tif",
+               0.5, mask_suffix="_mask", include=("image01.png",))
+    _, cfgs = _bundled_cfgs(root)
+    cfgs["slides"] = SlideDataset(kind="slide", classes=["bg", "nucleus"], mask_mode="instances",
+                                  slides=[Slide(image=str(tmp_path / "s.ome.tif"), mask=str(tmp_path / "s.mask.ome.tif"))])
+    expect = {"cpm15": (False, 0, None, 1.0, None), "spacenet_atlanta": (False, 0, None, 1.0, None),
+              "slides": (True, 0, 0.5, 1.0, 0)}
+    for name, cfg in cfgs.items():
+        sources = open_sources(cfg, root)
+        try:
+            assert [s.name for s in sources] == source_names(cfg, root) and len(sources) >= 1
+            for s in sources:
+                assert isinstance(s, Source), (name, type(s))
+                assert (s.is_slide, s.level, s.mpp, s.downsample, s.background) == pytest.approx(expect[name]), name
+                assert s.path.is_file() and s.empty_reason
+            one = open_source(cfg, sources[-1].name, root)
+            assert one.name == sources[-1].name and one.path == sources[-1].path
+            a = one.read_tile(0, 0, 64, one.height, one.width)
+            b = sources[-1].read_tile(0, 0, 64, sources[-1].height, sources[-1].width)
+            assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+            one.close()
+        finally:
+            for s in sources:
+                s.close()
+    with pytest.raises(EqsegError, match=r"no source 'nope' in the dataset \(sources: \['image01'"):
+        open_source(cfgs["cpm15"], "nope", root)
+
+
+def test_footprints_of_arrays_equal_footprints_one_by_one(root):
+    from eqseg.tiling.source import open_sources
+
+    _, cfgs = _bundled_cfgs(root)
+    for cfg in cfgs.values():
+        src = open_sources(cfg, root)[0]
+        rows, cols = np.array([0, 128, 256]), np.array([384, 0, 100])
+        hs, ws = np.array([128, 128, 64]), np.array([128, 32, 128])
+        many = src.footprint(rows, cols, hs, ws)
+        one = [src.footprint(int(r), int(c), int(h), int(w)) for r, c, h, w in zip(rows, cols, hs, ws)]
+        assert [g.wkb for g in many] == [g.wkb for g in one]
+        src.close()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int8])
+def test_batch_band_sums_equal_tile_sums_to_the_last_bit(dtype):
+    from eqseg.tiling.store import batch_sums, tile_sums
+
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype)
+    images = rng.integers(info.min, info.max, (5, 3, 128, 128), endpoint=True).astype(dtype)
+    masks = rng.integers(0, 3, (5, 128, 128)).astype(np.uint8)
+    masks[1, 40:] = 255  # partly unlabelled
+    masks[2] = 255  # not labelled at all
+    masks[3, ::2] = 255  # unlabelled on exactly the sampled rows
+    got = batch_sums(images, masks)
+    want = np.stack([tile_sums(i, m) for i, m in zip(images, masks)])
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert got[2].sum() == 0 and got[0, 0, 0] == 64 * 64
+
+
+# Digests of the stores of the bundled datasets (arrays and index content), taken with the code before tiles were
+# written by a background thread in batches, statistics summed per batch and the index built by columns: the
+# store must not change by a bit when the tiling code is made faster (deliberate changes update these values).
+BUNDLED_STORE_DIGESTS = {"cpm15": "b692a86a9b0f91ae", "spacenet_atlanta": "aeffca1a532c320c"}
+BUNDLED_SLIDES_STORE_DIGEST = "0251c91dea071738"  # cpm15_slides, in test_slides.py
+
+
+def store_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in ("images.npy", "masks.npy"):
+        a = np.load(path / f, mmap_mode="r")
+        h.update(f"{a.shape} {a.dtype}".encode())
+        h.update(np.ascontiguousarray(a).data)
+    index = gpd.read_parquet(path / "index.parquet")
+    h.update(f"{list(index.columns)} {index.crs}".encode())
+    for c in index.columns:
+        v = index[c]
+        if c == "geometry":
+            h.update(b"".join(g.wkb for g in v))
+        elif getattr(v.dtype, "kind", "O") in "iufb":
+            h.update(f"{v.dtype}".encode() + v.to_numpy().tobytes())
+        else:
+            h.update("\x00".join(map(str, v)).encode())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_STORE_DIGESTS))
+def test_bundled_stores_are_unchanged_to_the_byte(root, tmp_path, name):
+    params, cfgs = _bundled_cfgs(root)
+    build_tile_store(name, cfgs[name], TileConfig(size=128, overlap=0, min_valid_fraction=0.05), tmp_path / "t", root)
+    assert store_digest(tmp_path / "t") == BUNDLED_STORE_DIGESTS[name]

@@ -405,6 +405,7 @@ class EvaluateConfig(_Strict):
     batch_size: int = Field(16, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     n_preview: int = Field(6, ge=1, description="test tiles drawn in predictions.png")
+    tta: bool = Field(True, description="also score with D4 test-time augmentation (tta_* metrics), a control for every model")
 
 
 class PredictConfig(_Strict):

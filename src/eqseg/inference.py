@@ -102,17 +102,28 @@ def normalised_tiles(store: TileStore, ids: np.ndarray, normaliser: Normaliser) 
 @torch.no_grad()
 def tile_logits(
     model: torch.nn.Module, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device,
-    normaliser: Normaliser, amp: bool = True,
+    normaliser: Normaliser, amp: bool = True, tta: bool = False,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield (sorted tile ids, float32 logits on the CPU) batch by batch."""
+    """Yield (sorted tile ids, float32 logits on the CPU) batch by batch; with `tta`, the log of the softmax
+    averaged over the 8 D4 transforms (each mapped back), the test-time augmentation control."""
+    from eqseg.models.groups import D4
+
     model.eval()
     ids = np.sort(np.asarray(ids))
     for start in range(0, len(ids), batch_size):
         sel = ids[start : start + batch_size]
         x = torch.from_numpy(normalised_tiles(store, sel, normaliser)).to(device)
-        with autocast(device, amp):
-            logits = model(x)
-        yield sel, logits.float().cpu()
+        if not tta:
+            with autocast(device, amp):
+                logits = model(x)
+            yield sel, logits.float().cpu()
+            continue
+        total = 0
+        for g in range(D4.order):
+            with autocast(device, amp):
+                logits = model(D4.transform(x, g))
+            total = total + D4.untransform(torch.softmax(logits.float(), dim=1), g)
+        yield sel, torch.log(total / D4.order + 1e-12).cpu()
 
 
 def predict_tiles(
@@ -125,12 +136,12 @@ def predict_tiles(
 
 
 def confusion_on(model, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device, normaliser: Normaliser,
-                 amp: bool = True, ranking=None) -> np.ndarray:
+                 amp: bool = True, ranking=None, tta: bool = False) -> np.ndarray:
     """Confusion matrix over the tiles `ids`; with `ranking` (a metrics.ranking.HistogramAP), also feed it the
     softmax probabilities for threshold-free average precision."""
     n = store.meta["num_classes"]
     cm = np.zeros((n, n), dtype=np.int64)
-    for sel, logits in tile_logits(model, store, ids, batch_size, device, normaliser, amp):
+    for sel, logits in tile_logits(model, store, ids, batch_size, device, normaliser, amp, tta):
         masks = np.asarray(store.masks[sel])
         cm += confusion(logits.argmax(1).numpy().astype(np.uint8), masks, n)
         if ranking is not None:

@@ -40,9 +40,12 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     preview = preview_ids(store, test_ids, cfg.n_preview)
     x = torch.from_numpy(normalised_tiles(store, preview, normaliser)).to(device)
     classes = store.meta["classes"]
-    metrics = (scores(cm, classes) | dice_scores(cm, classes) | ranking.compute(classes) | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode,
-                                                    "adabn": params.normalise.adabn}
+    metrics = (scores(cm, classes) | dice_scores(cm, classes) | ranking.compute(classes)
+               | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode, "adabn": params.normalise.adabn}
                | equivariance_errors(model, x))
+    if cfg.tta:  # the D4 test-time augmentation control, for every model
+        cm_tta = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, tta=True)
+        metrics |= {f"tta_{k}": v for k, v in scores(cm_tta, classes).items()}
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "inputs.json", {"normalise": normaliser.record, "model": info.model_dump(exclude={"band_mean", "band_std"})})

@@ -67,11 +67,12 @@ def _resize(a: np.ndarray, factor: float, nearest: bool) -> np.ndarray:
 
 def halve(a: np.ndarray, nearest: bool) -> np.ndarray:
     """The next pyramid level: 2x2 means for images, every other pixel for class masks (ids must not blend)."""
-    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+    from skimage.transform import downscale_local_mean
+
+    h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2  # an odd last row or column is dropped, not padded with zeros
     if nearest:
         return a[:h:2, :w:2]
-    x = a[:h, :w].astype(np.float32)
-    return ((x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2]) / 4 + 0.5).astype(a.dtype)
+    return (downscale_local_mean(a[:h, :w], (2, 2) + (1,) * (a.ndim - 2)) + 0.5).astype(a.dtype)
 
 
 def pyramid(a: np.ndarray, nearest: bool) -> list[np.ndarray]:
@@ -136,9 +137,13 @@ def make_slide(
 
 def make_slide_group(group, out_dir: Path, root: Path = Path(".")) -> dict[str, list[Placement]]:
     """Every slide of a `slides:` group (eqseg.config.SlideGroup) as `{name}.ome.tif` + `{name}.mask.ome.tif` in
-    `out_dir`, written as a whole (a failed build leaves no partial folder)."""
-    from eqseg.utils.atomic import atomic_dir
+    `out_dir`, written as a whole (a failed build leaves no partial folder).
 
+    Its inputs are never touched: an `out_dir` that holds the group's images or masks (or is one of those folders) is
+    refused before any work, and so is an existing folder holding files that eqseg did not write there."""
+    from eqseg.utils.atomic import atomic_dir, check_outputs_apart
+
+    check_outputs_apart({"--out": out_dir}, {"images": root / group.images, "masks": root / group.masks})
     placed = {}
     with atomic_dir(out_dir) as tmp:
         for name, s in group.slides.items():

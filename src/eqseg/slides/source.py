@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from shapely.geometry import box
@@ -19,6 +20,7 @@ from eqseg.errors import EqsegError
 from eqseg.slides.readers import SlideReader, open_slide, slide_name
 from eqseg.slides.tiff import level_for_mpp
 from eqseg.slides.tissue import tissue_mask
+from eqseg.tiling.source import SourceDefaults
 from eqseg.tiling.sources import IGNORE, TileRead, mask_to_classes
 
 TISSUE_MIN_SIDE = 1024  # the tissue map comes from the coarsest level at least this large
@@ -154,8 +156,12 @@ class AnnotationLabels:
 
 
 @dataclass
-class SlideSource:
-    """One slide read at one level; same interface as GeoSource and PairSource, plus `level`, `mpp`, `tissue`."""
+class SlideSource(SourceDefaults):
+    """One slide read at one level (eqseg.tiling.source.Source, with `is_slide`, `level`, `mpp`, `downsample` and
+    `background` of its own, plus the `tissue` map)."""
+
+    is_slide: ClassVar[bool] = True
+    empty_reason: ClassVar[str] = "no tissue was found on it"
 
     path: Path
     labels: MaskLabels | AnnotationLabels
@@ -185,8 +191,10 @@ class SlideSource:
                            int(col // s) : max(int(col // s) + 1, int(-(-(col + width) // s)))]
 
     def footprint(self, row: int, col: int, height: int, width: int):
+        import shapely
+
         d = self.downsample
-        return box(col * d, row * d, (col + width) * d, (row + height) * d)
+        return shapely.box(col * d, row * d, (col + width) * d, (row + height) * d)
 
     def has_valid_pixels(self, row: int, col: int, height: int, width: int) -> bool:
         return bool(self._tissue_region(row, col, height, width).any())

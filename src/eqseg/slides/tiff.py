@@ -1,7 +1,11 @@
 """Pyramidal TIFF slides (tiled TIFF, OME-TIFF, Aperio SVS, NDPI...) read by region through tifffile.
 
-Only the TIFF tiles (or strips) under a region are read and decoded, and recently decoded ones are kept in a small
-LRU cache, so that tiling a slide whose tiles are not aligned with the file's tiles decodes each of them once.
+Only the TIFF tiles (or strips) under a region are read and decoded (by tifffile's TiffPage.decode), and recently
+decoded ones are kept in a small LRU cache, so that tiling a slide whose tiles are not aligned with the file's tiles
+decodes each of them once. Kept rather than tifffile's `aszarr(level=...)` + zarr or tiffslide, which read the same
+pixels: on the tiling access pattern (row by row, 128- or 256-px regions) those were 3-12x and 6-20x slower
+(bench/README.md, `bench/bench_tiling.py --slide-readers`): zarr has no chunk cache, so a 256-px TIFF tile is
+decoded again for each of the four 128-px regions in it, and each read costs about a millisecond of overhead.
 """
 
 from __future__ import annotations

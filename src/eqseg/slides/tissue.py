@@ -41,12 +41,10 @@ def tissue_mask(rgb: np.ndarray, min_saturation: float = 0.05, min_area: int = 6
 
 
 def drop_small(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Remove connected components of at most min_area pixels."""
-    from scipy import ndimage
+    """Remove connected components (4-connected) of at most min_area pixels."""
+    from skimage.morphology import remove_small_objects
 
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    keep = np.bincount(labels.ravel()) > min_area
-    keep[0] = False
-    return keep[labels]
+    try:
+        return remove_small_objects(mask, max_size=min_area)  # scikit-image >= 0.26
+    except TypeError:  # older: min_size, which removes components strictly smaller than it
+        return remove_small_objects(mask, min_size=min_area + 1)

@@ -159,7 +159,8 @@ class GeoSource(SourceDefaults):
             if np.issubdtype(data.dtype, np.floating):
                 data = np.nan_to_num(data, nan=0.0, copy=False)
             labels = self._rasterise(win)
-        labels[~valid] = IGNORE
+        if not valid.all():
+            labels[~valid] = IGNORE
         return Strip(r0, c0, data, valid, labels)
 
     def _rasterise(self, win) -> np.ndarray:

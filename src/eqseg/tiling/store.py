@@ -15,43 +15,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from eqseg.config import GeoTiffDataset, PairsDataset, SlideDataset, TileConfig
 from eqseg.errors import EqsegError
 from eqseg.tiling import grid, npy
-from eqseg.tiling.sources import IGNORE, GeoSource, PairSource, find_pairs, load_vector_labels, open_raster
+from eqseg.tiling.source import Source, open_sources  # noqa: F401  (open_sources: also imported from here)
+from eqseg.tiling.sources import IGNORE
 from eqseg.utils.atomic import atomic_dir, write_json
 
-
-def open_sources(cfg: PairsDataset | GeoTiffDataset | SlideDataset, root: Path) -> list:
-    n = len(cfg.classes)
-    if isinstance(cfg, PairsDataset):
-        return [
-            PairSource(img, msk, cfg.mask_mode, cfg.mask_values, n)
-            for img, msk in find_pairs(root / cfg.images, root / cfg.masks, cfg.mask_suffix)
-        ]
-    if isinstance(cfg, SlideDataset):
-        from eqseg.slides.source import open_slides
-
-        return open_slides(cfg, root)
-    sources = []
-    for scene in cfg.scenes:
-        raster = root / scene.raster
-        with open_raster(raster) as ds:
-            crs, bounds = ds.crs, ds.bounds
-        shapes = load_vector_labels(root / scene.labels, raster, crs, bounds, cfg.class_field, cfg.class_values, n, cfg.layer)
-        sources.append(GeoSource(raster, shapes, cfg.all_touched))
-    return sources
-
-
-def source_path(src) -> Path:
-    return getattr(src, "path", None) or src.image_path
+if TYPE_CHECKING:
+    from eqseg.config import GeoTiffDataset, PairsDataset, SlideDataset, TileConfig
 
 
 def candidate_tiles(sources: list, split_cfg, tile: TileConfig) -> list[tuple[int, int, int, int, int, int]]:
@@ -102,11 +83,99 @@ class RowWriter:
         del mm
         self._fd = os.open(path, os.O_WRONLY)
 
-    def write(self, i: int, row: np.ndarray) -> None:
-        os.pwrite(self._fd, np.ascontiguousarray(row, dtype=self.dtype).data, self._offset + i * self._row)
+    def write(self, i: int, rows: np.ndarray) -> None:
+        """Write consecutive rows i, i+1, ... (a C-contiguous array of the file's dtype is written without a copy)."""
+        os.pwrite(self._fd, np.ascontiguousarray(rows, dtype=self.dtype).data, self._offset + i * self._row)
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class TileWriter:
+    """Kept tiles go to images.npy and masks.npy from a background thread that also counts their classes and sums
+    their bands, so that the reading thread only cuts tiles (views of the decoded strips).
+
+    The thread works almost entirely outside the GIL (numpy copies and reductions, pwrite). It takes tiles in batches
+    (fewer hand-overs between threads) but writes them one by one through one reused tile-sized buffer: that buffer
+    stays in the CPU cache from the copy to the write and the statistics, where batch-sized buffers (MiBs) made the
+    kernel's copy of every write read from memory, and cost twice the system time. At most `ahead` batches wait,
+    which bounds the memory held by the strips their views keep alive."""
+
+    def __init__(self, folder: Path, capacity: int, bands: int, size: int, dtype, num_classes: int, batch: int = 32,
+                 ahead: int = 2):
+        self._images = RowWriter(folder / "images.npy", (capacity, bands, size, size), dtype)
+        self._values = [*range(num_classes), IGNORE]  # what a mask holds: class ids, 255 = no label
+        self._masks = RowWriter(folder / "masks.npy", (capacity, size, size), np.uint8)
+        self._batch_size, self._ahead = batch, ahead
+        self._image_buf = np.empty((1, bands, size, size), self._images.dtype)
+        self._mask_buf = np.empty((1, size, size), np.uint8)
+        self._scratch: dict = {}
+        self._batch: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-writer")
+        self._pending: deque[Future] = deque()
+        self._counts: list[np.ndarray] = []
+        self._sums: list[np.ndarray] = []
+        self.n = 0
+
+    def add(self, image: np.ndarray, mask: np.ndarray) -> int:
+        """Queue one tile (arrays are not copied: they must not change afterwards); return its id."""
+        self._batch.append((image, mask))
+        self.n += 1
+        if len(self._batch) == self._batch_size:
+            self._submit()
+        return self.n - 1
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        while len(self._pending) >= self._ahead:
+            self._collect()
+        batch, self._batch = self._batch, []
+        self._pending.append(self._pool.submit(self._write, self.n - len(batch), batch))
+
+    def _collect(self) -> None:
+        counts, sums = self._pending.popleft().result()
+        self._counts.append(counts)
+        self._sums.append(sums)
+
+    def _write(self, first: int, batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = self._image_buf, self._mask_buf
+        exact = image.dtype.kind in "ui" and image.dtype.itemsize <= 2
+        values = self._values
+        counts = np.empty((len(batch), len(values)), dtype=np.int64)
+        sums = np.empty((len(batch), 3, image.shape[1]))
+        for k, (img, m) in enumerate(batch):
+            image[0], mask[0] = img, m
+            self._images.write(first + k, image)
+            self._masks.write(first + k, mask)
+            if len(values) <= 8:  # a comparison a value is cheaper than bincount's cast of the mask to int64
+                counts[k] = [np.count_nonzero(mask == v) for v in values]
+            else:
+                counts[k] = np.bincount(mask.ravel(), minlength=256)[values]
+            if exact and img.dtype == image.dtype:
+                sums[k] = batch_sums(image, mask, scratch=self._scratch)[0]
+            else:  # other types (and sources of mixed types) exactly as statistics always were gathered
+                sums[k] = tile_sums(img, m)
+        return counts, sums
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """Write what is queued; return per-tile pixel counts of each class and of 255 (n, classes + 1) and
+        tile_sums (n, 3, C), in id order."""
+        self._submit()
+        while self._pending:
+            self._collect()
+        self.close()
+        if not self._counts:
+            return np.zeros((0, len(self._values)), dtype=np.int64), np.zeros((0, 3, 0))
+        return np.concatenate(self._counts), np.concatenate(self._sums)
+
+    def close(self) -> None:
+        """Stop the thread (dropping what it has not started) and close the files; safe to call twice."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._images is not None:
+            self._images.close()
+            self._masks.close()
+            self._images = self._masks = None
 
 
 def tile_sums(image: np.ndarray, mask: np.ndarray, step: int = 2) -> np.ndarray:
@@ -125,6 +194,31 @@ def tile_sums(image: np.ndarray, mask: np.ndarray, step: int = 2) -> np.ndarray:
     return out
 
 
+def batch_sums(images: np.ndarray, masks: np.ndarray, step: int = 2, scratch: dict | None = None) -> np.ndarray:
+    """tile_sums of a batch of tiles (B, C, S, S) of 8- or 16-bit integers at once: (B, 3, C), equal to tile_sums
+    to the last bit. Every sum of such values (squares below 2**32, at most 2**16 of them a tile) is an integer
+    below 2**53, which float64 holds exactly whatever the order of summation; for 8-bit values, the row sums (at most
+    S/step * 255**2 < 2**24) are even exact in float32, half the memory traffic. `scratch` (a dict kept by the
+    caller) holds the float buffer from one call to the next."""
+    x = images[:, :, ::step, ::step]
+    keep = masks[:, ::step, ::step] != IGNORE
+    ftype = np.dtype(np.float32 if images.dtype.itemsize == 1 and x.shape[-1] * 255**2 < 2**24 else np.float64)
+    buf = scratch.get(ftype) if scratch is not None else None
+    if buf is None or buf.shape[0] < x.shape[0] or buf.shape[1:] != x.shape[1:]:
+        buf = np.empty(x.shape, ftype)
+        if scratch is not None:
+            scratch[ftype] = buf
+    x = buf[: x.shape[0]]
+    np.copyto(x, images[:, :, ::step, ::step], casting="safe")
+    if not keep.all():
+        x *= keep[:, None]
+    out = np.empty((x.shape[0], 3, x.shape[1]))
+    out[:, 0] = np.count_nonzero(keep, axis=(1, 2))[:, None]
+    out[:, 1] = x.sum(axis=3).sum(axis=2, dtype=np.float64)
+    out[:, 2] = np.einsum("bcij,bcij->bci", x, x).sum(axis=2, dtype=np.float64)
+    return out
+
+
 def band_moments(sums: np.ndarray) -> tuple[list, list]:
     """Mean and standard deviation per band from summed tile_sums."""
     cnt = max(float(sums[0].max()), 1.0)
@@ -136,7 +230,7 @@ def band_moments(sums: np.ndarray) -> tuple[list, list]:
 def _describe(src) -> dict:
     out = dict(name=src.name, height=src.height, width=src.width, crs=src.crs.to_string() if src.crs else None,
                transform=list(src.transform)[:6] if src.transform is not None else None)
-    if hasattr(src, "level"):
+    if src.is_slide:
         out |= dict(level=src.level, mpp=src.mpp, downsample=src.downsample)
     return out
 
@@ -147,9 +241,18 @@ def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset | SlideDatase
     Tiles are read in row order so that each source decodes its file once; splits are drawn afterwards among the
     units that kept tiles, and band statistics of the train split come from per-unit sums gathered on the way.
     """
-    import geopandas as gpd
-
     sources = open_sources(cfg, root)
+    try:
+        return _build(name, cfg, tile, out, sources)
+    finally:
+        for src in sources:
+            src.close()
+
+
+def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -> dict:
+    import geopandas as gpd
+    import pandas as pd
+
     bands = {s.bands for s in sources}
     if len(bands) != 1:
         raise EqsegError(f"datasets.{name}: sources have different band counts {sorted(bands)}")
@@ -158,48 +261,50 @@ def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset | SlideDatase
     plan = candidate_tiles(sources, cfg.split, tile)
     S = tile.size
     classes = list(cfg.classes)
-    rows, sums, best, kept = [], {}, [0.0] * len(sources), set()
+    best = [0.0] * len(sources)
+    kept = []  # (source, unit, row, col, height, width, valid fraction) of every tile written, in id order
     with atomic_dir(out) as tmp:
-        images = RowWriter(tmp / "images.npy", (len(plan), n_bands, S, S), dtype)
-        masks = RowWriter(tmp / "masks.npy", (len(plan), S, S), np.uint8)
-        n = 0
-        for i, unit, r, c, r_end, c_end in tqdm(plan, desc=f"tile {name}", unit="tile", disable=None, mininterval=2):
-            src = sources[i]
-            h, w = min(S, r_end - r), min(S, c_end - c)
-            if not src.has_valid_pixels(r, c, h, w):
-                continue
-            read = src.read_tile(r, c, S, r_end, c_end)
-            best[i] = max(best[i], read.valid_fraction)
-            if read.valid_fraction <= 0 or read.valid_fraction < tile.min_valid_fraction:
-                continue
-            images.write(n, read.image)
-            masks.write(n, read.mask)
-            sums[unit] = sums.get(unit, 0) + tile_sums(read.image, read.mask)
-            kept.add(i)
-            counts = np.bincount(read.mask.ravel(), minlength=256)
-            rows.append(
-                dict(
-                    tile_id=n, source=src.name, level=getattr(src, "level", 0), row=r, col=c, size=S, unit=unit,
-                    valid_fraction=read.valid_fraction,
-                    **{f"px_{cls}": int(counts[k]) for k, cls in enumerate(classes)},
-                    px_unlabelled=int(counts[IGNORE]),
-                    crs=src.crs.to_string() if src.crs else "",
-                    geometry=src.footprint(r, c, h, w),
-                )
-            )
-            n += 1
-        images.close()
-        masks.close()
-        for src in sources:
-            src.close()
-        _check_every_source_kept_tiles(sources, best, kept, tile)
+        writer = TileWriter(tmp, len(plan), n_bands, S, dtype, len(classes))
+        try:
+            for i, unit, r, c, r_end, c_end in tqdm(plan, desc=f"tile {name}", unit="tile", disable=None, mininterval=2):
+                src = sources[i]
+                h, w = min(S, r_end - r), min(S, c_end - c)
+                if not src.has_valid_pixels(r, c, h, w):
+                    continue
+                read = src.read_tile(r, c, S, r_end, c_end)
+                best[i] = max(best[i], read.valid_fraction)
+                if read.valid_fraction <= 0 or read.valid_fraction < tile.min_valid_fraction:
+                    continue
+                writer.add(read.image, read.mask)
+                kept.append((i, unit, r, c, h, w, read.valid_fraction))
+            counts, tile_sums_ = writer.finish()
+        finally:
+            writer.close()
+        n = len(kept)
+        _check_every_source_kept_tiles(sources, best, {k[0] for k in kept}, tile)
         npy.shrink(tmp / "images.npy", n)
         npy.shrink(tmp / "masks.npy", n)
+        src_i, units, rows, cols, hs, ws = (np.array([k[j] for k in kept], dtype=np.int64) for j in range(6))
+        sums = {}
+        for u, s in zip(units.tolist(), tile_sums_):  # in tile order, as the statistics always were summed
+            sums[u] = sums.get(u, 0) + s
         splits = unit_splits(sorted(sums), len(sources), cfg.split)
-        index = gpd.GeoDataFrame(rows, geometry="geometry")
-        index.insert(index.columns.get_loc("unit"), "split", index.unit.map(splits))
-        index = index.drop(columns="unit")
-        crss = {row["crs"] for row in rows}
+        geometry = np.empty(n, dtype=object)
+        for i, src in enumerate(sources):
+            at = np.flatnonzero(src_i == i)
+            if at.size:
+                geometry[at] = src.footprint(rows[at], cols[at], hs[at], ws[at])
+        names = np.array([s.name for s in sources], dtype=object)
+        crs_of = np.array([s.crs.to_string() if s.crs else "" for s in sources], dtype=object)
+        columns = dict(
+            tile_id=np.arange(n), source=names[src_i], level=np.array([s.level for s in sources], dtype=np.int64)[src_i],
+            row=rows, col=cols, size=np.full(n, S), split=[splits[u] for u in units.tolist()],
+            valid_fraction=np.array([k[6] for k in kept], dtype=np.float64),
+            **{f"px_{cls}": counts[:, k] for k, cls in enumerate(classes)},
+            px_unlabelled=counts[:, -1], crs=crs_of[src_i],
+        )
+        index = gpd.GeoDataFrame(pd.DataFrame(columns), geometry=geometry)
+        crss = set(crs_of[src_i].tolist())
         index = index.set_crs(crss.pop() if len(crss) == 1 and "" not in crss else None, allow_override=True)
         index.to_parquet(tmp / "index.parquet")
         train_units = [u for u in sums if splits[u] == "train"]
@@ -222,9 +327,8 @@ def _check_every_source_kept_tiles(sources: list, best: list[float], kept: set[i
         if i in kept:
             continue
         if frac <= 0:
-            what = "no tissue was found on it" if hasattr(src, "tissue") else "every pixel is nodata"
-            raise EqsegError(f"{source_path(src)}: no tile has valid pixels ({what})")
-        raise EqsegError(f"{source_path(src)}: no tile reaches tile.min_valid_fraction ({tile.min_valid_fraction}); the best has {frac:.3f}")
+            raise EqsegError(f"{src.path}: no tile has valid pixels ({src.empty_reason})")
+        raise EqsegError(f"{src.path}: no tile reaches tile.min_valid_fraction ({tile.min_valid_fraction}); the best has {frac:.3f}")
 
 
 @dataclass
