@@ -24,15 +24,15 @@ from affine import Affine
 from rasterio.enums import Resampling
 from tqdm.auto import tqdm
 
-from eqseg.config import GeoTiffDataset, PairsDataset, Params, PredictConfig, SlideDataset
+from eqseg.config import Params, PredictConfig
 from eqseg.errors import EqsegError
 from eqseg.metrics import IGNORE, confusion, scores
 from eqseg.metrics.objects import ObjectScores, instances_from_classes
 from eqseg.metrics.ranking import HistogramAP, dice_scores
 from eqseg.predict.stitch import RowBand
-from eqseg.slides.readers import slide_name
 from eqseg.predict.writer import RowWriter, add_overviews, class_colours, profile, write_class_styles
 from eqseg.tiling import grid
+from eqseg.tiling.source import open_source, source_names
 from eqseg.tiling.sources import GDAL_CACHE_BYTES
 from eqseg.data.normalise import Normaliser
 from eqseg.models.checkpoint import ModelInfo
@@ -80,7 +80,7 @@ def output_transform(source) -> Affine:
     """The source's georeferencing; level-0 pixel coordinates for slides; plain pixels otherwise."""
     if source.transform is not None:
         return source.transform
-    return Affine.scale(getattr(source, "downsample", 1.0))
+    return Affine.scale(source.downsample)
 
 
 def _region(shapes, tree, transform: Affine, top: int, n: int, width: int) -> np.ndarray | None:
@@ -114,12 +114,12 @@ def predict_source(
     normaliser = normaliser or Normaliser("train", info.band_mean, info.band_std)
     S = cfg.window or int(info.tile_size)
     multiple = int(getattr(model, "tile_multiple", 1))
-    path = getattr(source, "path", None) or source.image_path
+    path = source.path
     if S % multiple or 2 * cfg.overlap >= S:
         raise EqsegError(f"predict: window {S} must be a multiple of {multiple} (2**depth) and more than twice overlap ({cfg.overlap})")
     info.check_inputs(source.bands, None, str(path))
     K, classes, H, W = info.num_classes, list(info.classes), source.height, source.width
-    background = getattr(source, "background", None)
+    background = source.background
     # the last window of each row and column ends at the source's edge (shifted back inside, never padded past it)
     rows, cols = grid.window_origins(H, S, cfg.overlap), grid.window_origins(W, S, cfg.overlap)
     band = RowBand(K, S, W, cfg.overlap)
@@ -177,7 +177,7 @@ def predict_source(
         if probs_w:
             probs_w.close()
         if timing.windows == 0:
-            what = "no tissue was found on it" if hasattr(source, "tissue") else "every pixel is nodata"
+            what = source.empty_reason
             raise EqsegError(f"{path}: nothing to predict ({what})")
         add_overviews(tmp, Resampling.mode)  # every map: a GIS shows large scenes zoomed out from the overviews
         if tmp_p:
@@ -231,24 +231,13 @@ def _describe_output(ds, source, classes: list[str]) -> None:
     """Class names, a colour table and, for slides, the pixel size in the resolution tags."""
     ds.update_tags(classes=",".join(classes), nodata_meaning="255: nodata, not predicted (no tissue on slides)")
     ds.write_colormap(1, {k: (*rgb, 255) for k, rgb in enumerate(class_colours(len(classes)))} | {255: (0, 0, 0, 0)})
-    mpp = getattr(source, "mpp", None)
+    mpp = source.mpp
     if mpp:
         ppcm = f"{1e4 / mpp:.6f}"
         ds.update_tags(TIFFTAG_XRESOLUTION=ppcm, TIFFTAG_YRESOLUTION=ppcm, TIFFTAG_RESOLUTIONUNIT="3", mpp=str(mpp))
 
 
 # --------------------------------------------------------------------------------------------- datasets and the CLI
-def source_names(cfg: PairsDataset | GeoTiffDataset | SlideDataset, root: Path = Path(".")) -> list[str]:
-    """Names of a dataset's sources, in the order the tile store opens them (the order splits are drawn in)."""
-    from eqseg.tiling.sources import find_pairs
-
-    if isinstance(cfg, PairsDataset):
-        return [img.stem for img, _ in find_pairs(root / cfg.images, root / cfg.masks, cfg.mask_suffix)]
-    if isinstance(cfg, SlideDataset):
-        return [slide_name(s.image) for s in cfg.slides]
-    return [Path(s.raster).stem for s in cfg.scenes]
-
-
 def prediction_sources(params: Params, dataset: str, root: Path = Path(".")) -> list[str]:
     """The sources worth a scene prediction: the test sources when splitting by source; every scene when splitting
     by block (its metrics are then also reported over the test tiles alone)."""
@@ -258,25 +247,6 @@ def prediction_sources(params: Params, dataset: str, root: Path = Path(".")) -> 
         return names
     splits = grid.assign_splits(len(names), cfg.split.fractions, cfg.split.seed)
     return [n for n, s in zip(names, splits) if s == "test"]
-
-
-def open_source(cfg, name: str, root: Path = Path(".")):
-    """Open only the named source of a dataset (slides compute their tissue map on opening)."""
-    from eqseg.tiling.store import open_sources
-
-    names = source_names(cfg, root)
-    if name not in names:
-        raise EqsegError(f"predict: no source {name!r} in the dataset (sources: {names})")
-    if isinstance(cfg, SlideDataset):
-        cfg = cfg.model_copy(update={"slides": [s for s in cfg.slides if slide_name(s.image) == name]})
-    elif isinstance(cfg, GeoTiffDataset):
-        cfg = cfg.model_copy(update={"scenes": [s for s in cfg.scenes if Path(s.raster).stem == name]})
-    sources = open_sources(cfg, root)
-    keep = [s for s in sources if s.name == name]
-    for s in sources:
-        if s not in keep:
-            s.close()
-    return keep[0]
 
 
 def test_footprints(tiles: Path, source: str) -> list:
@@ -305,7 +275,7 @@ def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = No
     proba = out.with_name(f"{out.stem}.proba{out.suffix}") if cfg.probabilities != "none" else None
     try:
         check_outputs_apart({"--out": out, "--metrics": metrics_out or out.with_suffix(".json"), "probabilities": proba},
-                            {"--raster": raster, "source": getattr(src, "path", None)})
+                            {"--raster": raster, "source": src.path})
         model, info = load_trained(model_dir, device)
         footprints = test_footprints(tiles, src.name) if tiles else None
         normaliser = source_normaliser(params.normalise.mode, info, src, tiles)

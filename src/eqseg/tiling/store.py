@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from eqseg.errors import EqsegError
 from eqseg.tiling import grid, npy
-from eqseg.tiling.source import Source, open_sources  # noqa: F401  (open_sources: also imported from here)
+from eqseg.tiling.source import Source, open_sources
 from eqseg.tiling.sources import IGNORE
 from eqseg.utils.atomic import atomic_dir, write_json
 
