@@ -8,7 +8,7 @@ import yaml
 
 from eqseg.config import load_params, parse_params
 from eqseg.errors import EqsegError
-from eqseg.evaluate.metrics import confusion, scores
+from eqseg.metrics import confusion, scores
 from eqseg.tiling import grid, npy
 
 
