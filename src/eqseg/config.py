@@ -48,9 +48,7 @@ class SplitConfig(_Strict):
     def _fractions_sum_to_one(cls, v: dict[str, float]) -> dict[str, float]:
         if any(f < 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
             raise ValueError(f"must be non-negative and sum to 1 (got {dict(v)})")
-        if v.get("train", 0) <= 0:
-            raise ValueError("train fraction must be > 0")
-        return v
+        return v  # train may be 0: a test-only dataset (an external test set), its band statistics over all tiles
 
 
 class PairsDataset(_Strict):
@@ -82,6 +80,9 @@ class GeoTiffDataset(_Strict):
     class_values: dict[str, int] | None = Field(None, description="map attribute values to class ids")
     layer: str | None = None
     all_touched: bool = False
+    unlabelled: Literal["background", "ignore"] = Field(
+        "background", description="pixels under no polygon: background (class 0) or ignore (255, unknown: partial labels)"
+    )
     classes: list[str] = Field(min_length=2)
     split: SplitConfig = SplitConfig(by="block")
 
@@ -448,8 +449,17 @@ class NormaliseConfig(_Strict):
     slide or image, computed over its valid pixels)."""
 
     mode: Literal["train", "dataset", "image"] = "train"
+    stain: Literal["none", "macenko", "reinhard"] = Field("none", description="H&E: map tiles onto a stain reference "
+                                                          "fitted on the training split first (needs mode train)")
     adabn: bool = Field(False, description="evaluate/predict: re-estimate batch-norm statistics on the scored dataset's "
                                            "test tiles (images only; AdaBN), recorded beside the scores")
+
+
+    @model_validator(mode="after")
+    def _stain_with_train(self):
+        if self.stain != "none" and self.mode != "train":
+            raise ValueError(f"stain {self.stain} needs mode train (got mode {self.mode})")
+        return self
 
 
 class MlflowConfig(_Strict):

@@ -57,10 +57,19 @@ def tile_sources(store: TileStore, ids: np.ndarray) -> list[str]:
     return [by_id[int(i)] for i in ids]
 
 
+def stain_of(info: ModelInfo):
+    """The model's stain normaliser (None without one)."""
+    if not info.stain:
+        return None
+    from eqseg.data.stain import StainNormaliser
+
+    return StainNormaliser(info.stain["method"], info.stain["reference"])
+
+
 def normaliser_for(mode: str, info: ModelInfo, store: TileStore, ids: np.ndarray) -> norm.Normaliser:
     """The recorded normalisation of the tiles `ids` of `store` for a model (shared by evaluate and predict)."""
     sources = sorted(set(tile_sources(store, ids))) if mode == "image" else None
-    return norm.for_store(mode, (info.band_mean, info.band_std), store, sources)
+    return norm.for_store(mode, (info.band_mean, info.band_std), store, sources, stain=stain_of(info))
 
 
 @torch.no_grad()

@@ -8,12 +8,15 @@ and applied by this module alone for training, evaluation and prediction:
 - ``dataset``: the statistics of the dataset being scored (its store's train split, or all its tiles for a
   test-only store), label-free: the simplest adaptation to data from elsewhere;
 - ``image``: each source's own statistics (scene, slide or image; over the valid pixels of all its tiles).
+
+With `normalise.stain` (macenko, reinhard; H&E only) tiles are first mapped onto a stain reference fitted on the
+training split (`eqseg.data.stain`), and the training statistics are those of the stain-normalised tiles.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -61,6 +64,7 @@ class Normaliser:
     mean: list[float]
     std: list[float]
     per_source: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    stain: Any = None  # an eqseg.data.stain.StainNormaliser applied to the raw tiles first, or None
 
     def stats(self, source: str | None = None) -> tuple[list[float], list[float]]:
         if self.mode == "image":
@@ -71,6 +75,8 @@ class Normaliser:
 
     def __call__(self, images: np.ndarray, sources: Sequence[str] | str | None = None) -> np.ndarray:
         """Normalise (N, C, H, W) tiles; with mode image, `sources` names each tile's source (or one for all)."""
+        if self.stain is not None:
+            images = self.stain(images)
         if self.mode != "image":
             return normalise(images, self.mean, self.std)
         names = [sources] * len(images) if sources is None or isinstance(sources, str) else list(sources)
@@ -88,6 +94,8 @@ class Normaliser:
             rec["sources"] = {k: {"mean": m, "std": s} for k, (m, s) in sorted(self.per_source.items())}
         else:
             rec |= {"mean": self.mean, "std": self.std}
+        if self.stain is not None:
+            rec["stain"] = self.stain.record
         return rec
 
 
@@ -127,15 +135,28 @@ def store_statistics(store) -> tuple[list[float], list[float]]:
     return moments(sums)
 
 
-def for_store(mode: str, train_stats: tuple[list, list], store, sources: Sequence[str] | None = None) -> Normaliser:
+def for_store(mode: str, train_stats: tuple[list, list], store, sources: Sequence[str] | None = None,
+              stain=None) -> Normaliser:
     """The normaliser for tiles of `store` under `mode`; `train_stats` are the model's (or, when training, the
-    store's own train split)."""
+    store's own train split); `stain`, a fitted StainNormaliser, only goes with mode train."""
     check_mode(mode)
+    if stain is not None and mode != "train":
+        raise EqsegError("normalise.stain needs normalise.mode train (the statistics are those of the stained training tiles)")
     if mode == "train":
-        return Normaliser("train", *map(list, train_stats))
+        return Normaliser("train", *map(list, train_stats), stain=stain)
     if mode == "dataset":
         return Normaliser("dataset", *store_statistics(store))
     return Normaliser("image", *map(list, train_stats), per_source=source_statistics(store, sources))
+
+
+def stained_statistics(store, ids: Sequence[int], stain, limit: int = 256, chunk: int = 32) -> tuple[list, list]:
+    """Band statistics of up to `limit` of the tiles `ids` after stain normalisation (the model's train stats)."""
+    ids = np.sort(np.asarray(ids))[:limit]
+    sums = np.zeros((3, store.images.shape[1]))
+    for start in range(0, len(ids), chunk):
+        sel = ids[start : start + chunk]
+        sums += pixel_sums(stain(np.asarray(store.images[sel])), np.asarray(store.masks[sel]) != 255)
+    return moments(sums)
 
 
 def for_source_pixels(mode: str, train_stats: tuple[list, list], name: str, sums: np.ndarray) -> Normaliser:

@@ -27,6 +27,7 @@ class ModelInfo(BaseModel):
     band_mean: list[float] = Field(description="band statistics of the training split (normalise: train)")
     band_std: list[float]
     normalise: str = Field("train", description="normalisation the model was trained with (params normalise.mode)")
+    stain: dict | None = Field(None, description="stain reference {method, reference} the inputs were mapped onto")
     tile_size: int
     dataset: str | None = None
     supervision: str | None = None

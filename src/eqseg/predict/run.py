@@ -309,7 +309,11 @@ def source_normaliser(mode: str, info: ModelInfo, source, tiles: Path | None) ->
     from eqseg.data import normalise as norm
     from eqseg.tiling.store import TileStore
 
+    from eqseg.inference import stain_of
+
     stats = (info.band_mean, info.band_std)
+    if info.stain and mode != "train":
+        raise EqsegError(f"normalise.mode {mode}: the model was trained with stain normalisation; use mode train")
     if tiles is not None and mode != "train":
         store = TileStore(tiles)
         if mode == "image" and source.name in set(store.index.source):
@@ -319,7 +323,7 @@ def source_normaliser(mode: str, info: ModelInfo, source, tiles: Path | None) ->
     if mode == "dataset":
         raise EqsegError("normalise.mode dataset: predicting needs the dataset's tile store (--tiles)")
     if mode == "train":
-        return norm.Normaliser("train", *map(list, stats))
+        return norm.Normaliser("train", *map(list, stats), stain=stain_of(info))
     S = int(info.tile_size)
     sums = np.zeros((3, source.bands))
     for r in grid.tile_origins(source.height, S, 0):

@@ -231,20 +231,28 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     labels, label_ids, quality = load_labels(labels_dir)
     mode = params.normalise.mode
     train_stats = (meta["band_mean"], meta["band_std"])  # training: the dataset is the training dataset
+    stain = None
+    if params.normalise.stain != "none":  # a reference from the train split; statistics of the stained tiles
+        from eqseg.data.stain import StainNormaliser, reference_tiles
+
+        stain = StainNormaliser.fit(params.normalise.stain, reference_tiles(store, train_ids, seed=seed))
+        train_stats = norm.stained_statistics(store, train_ids, stain)
     ds = TileDataset(store, train_ids, augment=cfg.augment, seed=seed, labels=labels, label_ids=label_ids,
-                     normaliser=norm.for_store(mode, train_stats, store, _sources(store, train_ids) if mode == "image" else None))
-    val_normaliser = norm.for_store(mode, train_stats, store, _sources(store, val_ids) if mode == "image" else None)
+                     normaliser=norm.for_store(mode, train_stats, store, _sources(store, train_ids) if mode == "image" else None,
+                                               stain=stain))
+    val_normaliser = norm.for_store(mode, train_stats, store, _sources(store, val_ids) if mode == "image" else None,
+                                    stain=stain)
     loss_spec = params.loss_spec(sup)
     loss_fn = build_loss(loss_spec)
     run_config = dict(
         dataset=dataset, model=model_name, supervision=sup.name, seed=seed, model_options=options, loss=loss_spec,
-        weak=params.weak.model_dump() if not sup.is_full else None, normalise=mode,
+        weak=params.weak.model_dump() if not sup.is_full else None, normalise=mode, stain=params.normalise.stain,
         train=cfg.model_dump(), tile=dict(size=meta["tile_size"], overlap=meta["overlap"]), n_train_tiles=len(train_ids),
         n_val_tiles=len(val_ids), tiles=str(tiles),
     )
-    hashed = {k: v for k, v in run_config.items() if k not in ("tiles", "normalise")} | {"stats": meta["band_mean"]}
-    if mode != "train":
-        hashed["normalise"] = mode  # (absent for the default, so checkpoints of earlier versions still resume)
+    hashed = {k: v for k, v in run_config.items() if k not in ("tiles", "normalise", "stain")} | {"stats": meta["band_mean"]}
+    if mode != "train" or stain is not None:  # (absent for the default, so checkpoints of earlier versions still resume)
+        hashed["normalise"] = [mode, params.normalise.stain]
     ckpt = Checkpoint(checkpoint_path(out), stable_hash(hashed))
     n_params = count_parameters(net)
     macs = count_macs(net, meta["bands"], meta["tile_size"])
@@ -270,7 +278,8 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
 
     net.load_state_dict(state["best_state"])
     info = ModelInfo(model=model_name, options=options, in_channels=meta["bands"], num_classes=meta["num_classes"],
-                     classes=meta["classes"], band_mean=meta["band_mean"], band_std=meta["band_std"], normalise=mode,
+                     classes=meta["classes"], band_mean=list(train_stats[0]), band_std=list(train_stats[1]), normalise=mode,
+                     stain=stain.record if stain is not None else None,
                      tile_size=meta["tile_size"], dataset=dataset, supervision=sup.name, seed=seed)
     best = max(state["history"], key=lambda r: r["val_miou"] if np.isfinite(r["val_miou"]) else -r["train_loss"])
     summary = dict(best_epoch=best["epoch"], best_val_miou=best["val_miou"], final_train_loss=state["history"][-1]["train_loss"],
