@@ -81,11 +81,15 @@ def weak(dataset: str, supervision: str, params_path: Path, tiles: Path | None, 
 @click.option("--dataset", required=True)
 @click.option("--model", "model_name", required=True)
 @click.option("--supervision", default="full", show_default=True)
+@click.option("--variant", type=click.Choice(["none", "d4", "consistency"]), default="d4", show_default=True,
+              help="none, d4 augmentation, or the consistency loss (equivariance by constraint).")
+@click.option("--budget", type=click.IntRange(1, 100), default=100, show_default=True,
+              help="Percent of the train tiles (a nested seeded subset).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), help="Default: results/tiles/DATASET.")
 @click.option("--labels", type=click.Path(file_okay=False, path_type=Path), help="Output of `eqseg weak`; default: results/weak/DATASET/SUPERVISION.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-def train(params_path, dataset, model_name, supervision, seed, tiles, labels, out) -> None:
+def train(params_path, dataset, model_name, supervision, variant, budget, seed, tiles, labels, out) -> None:
     """Train one model (one cell of the grid); resumes from its checkpoint after a kill."""
     import os
 
@@ -99,7 +103,7 @@ def train(params_path, dataset, model_name, supervision, seed, tiles, labels, ou
         sys.exit(distributed.relaunch(p.train.nproc, sys.argv[1:]))
     tiles = tiles or Path(paths.TILES.format(dataset=dataset))
     labels = labels or Path(paths.WEAK.format(dataset=dataset, supervision=supervision))
-    summary = run(p, dataset, model_name, supervision, seed, tiles, labels, out)
+    summary = run(p, dataset, model_name, supervision, seed, tiles, labels, out, variant=variant, budget=budget)
     if summary:  # rank 0 (or the only process)
         click.echo(f"{out}: best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']}")
 

@@ -394,6 +394,7 @@ class TrainConfig(_Strict):
     nproc: int = Field(1, ge=1, description="data-parallel processes (one per GPU) launched by torchrun; 1: plain")
     max_train_tiles: int | None = Field(None, gt=0, description="cap on train tiles (smoke runs, label budgets)")
     loss: dict[str, Any] = Field({"ce": 1.0}, description="weighted loss terms: ce, lovasz, dice, mil, consistency")
+    consistency_weight: float = Field(0.1, gt=0, description="weight of the consistency term of the consistency variant")
     loss_for: dict[str, dict[str, Any]] = Field(
         {"tags": {"mil": 1.0}}, description="loss per supervision kind, replacing `loss` for that kind"
     )
@@ -479,11 +480,34 @@ class MlflowConfig(_Strict):
         return v
 
 
+VARIANTS = ("none", "d4", "consistency")
+
+
 class GridConfig(_Strict):
+    """The experiment grid: every combination is one cell, one training, one MLflow run."""
+
     datasets: list[str] = Field(min_length=1)
     models: list[str] = Field(min_length=1)
     supervision: list[str] = Field(["full"], min_length=1, description="full | points | scribbles | boxes | coarse | tags | partial, +expansion")
+    variants: list[Literal["none", "d4", "consistency"]] = Field(
+        ["d4"], min_length=1, description="how the model meets symmetry in training: none, d4 (random rotations and "
+        "flips of the training tiles), consistency (no augmentation; an equivariance-consistency loss term)")
+    budgets: list[float] = Field([1.0], min_length=1, description="fractions of the train tiles (nested, seeded subsets)")
     seeds: list[int] = Field([0], min_length=1)
+    test_on: dict[str, list[str]] = Field(default_factory=dict, description="also evaluate the models of a dataset "
+                                          "on these (test-only or other) datasets with the same classes")
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[float]) -> list[float]:
+        for b in v:
+            if not 0 < b <= 1:
+                raise ValueError(f"budgets must be fractions in (0, 1] (got {b})")
+            if abs(round(b * 100) - b * 100) > 1e-9:
+                raise ValueError(f"budgets are whole percents, e.g. 0.1 or 0.25 (got {b})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"budgets repeat a value ({v})")
+        return v
 
     @field_validator("supervision")
     @classmethod
@@ -533,6 +557,15 @@ class Params(_Strict):
         for name in self.grid.datasets:
             if name not in self.datasets:
                 raise ValueError(f"grid.datasets: unknown dataset {name!r} (defined: {sorted(self.datasets)})")
+        for name, others in self.grid.test_on.items():
+            if name not in self.grid.datasets:
+                raise ValueError(f"grid.test_on: {name!r} is not a dataset of grid.datasets (its models are trained there)")
+            for other in others:
+                if other not in self.datasets:
+                    raise ValueError(f"grid.test_on.{name}: unknown dataset {other!r} (defined: {sorted(self.datasets)})")
+                if list(self.datasets[other].classes) != list(self.datasets[name].classes):
+                    raise ValueError(f"grid.test_on.{name}: {other!r} has classes {list(self.datasets[other].classes)}, "
+                                     f"the models of {name!r} predict {list(self.datasets[name].classes)}")
         for name in self.slides:
             if not isinstance(self.datasets.get(name), SlideDataset):
                 raise ValueError(f"slides.{name}: no dataset {name!r} of kind slide (slides are built into data/{name}/ "
@@ -571,6 +604,18 @@ class Params(_Strict):
                 except ValidationError as err:
                     raise ValueError(_first_error(f"{key}.{name}", err)) from None
 
+    def cells(self) -> list[dict]:
+        """Every trained cell of the grid: dataset, model, supervision, variant, budget (whole percent), seed."""
+        import itertools
+
+        g = self.grid
+        return [dict(dataset=d, model=m, supervision=s, variant=v, budget=budget_percent(b), seed=seed)
+                for d, m, s, v, b, seed in itertools.product(g.datasets, g.models, g.supervision, g.variants, g.budgets, g.seeds)]
+
+    def evaluations(self) -> list[dict]:
+        """Every (trained cell, test set) pair: the cell's own dataset, then its grid.test_on datasets."""
+        return [c | {"testset": t} for c in self.cells() for t in [c["dataset"], *self.grid.test_on.get(c["dataset"], [])]]
+
     def supervision(self, name: str) -> Supervision:
         """The parsed supervision of a command-line argument (EqsegError with one line if unknown)."""
         try:
@@ -591,6 +636,11 @@ class Params(_Strict):
         if name not in self.datasets:
             raise EqsegError(f"params: unknown dataset {name!r} (defined: {sorted(self.datasets)})")
         return self.datasets[name]
+
+
+def budget_percent(fraction: float) -> int:
+    """A label budget as the whole percent used in paths and wildcards (0.1 -> 10)."""
+    return int(round(fraction * 100))
 
 
 def _format_error(source: str, err: ValidationError) -> str:

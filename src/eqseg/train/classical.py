@@ -23,7 +23,9 @@ from eqseg.utils.atomic import atomic_dir, write_json
 
 
 def fit_classical(params: Params, dataset: str, model_name: str, supervision: str, seed: int, tiles: Path,
-                  labels_dir: Path, out: Path) -> dict:
+                  labels_dir: Path, out: Path, variant: str = "none", budget: int = 100) -> dict:
+    """Fit on (a seeded sample of) the cell's train tiles; `variant` does not apply to a fitted method and is only
+    recorded."""
     from eqseg.train.loop import load_labels, select_train_ids, weak_metrics, write_history
 
     t0 = time.perf_counter()
@@ -35,7 +37,7 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     labels, label_ids, quality = load_labels(labels_dir)
     if labels.ndim != 3:
         raise EqsegError(f"{model_name}: classical baselines need pixel labels, not image tags ({supervision})")
-    ids = select_train_ids(store, min(typed.max_fit_tiles, params.train.max_train_tiles or typed.max_fit_tiles), seed)
+    ids = select_train_ids(store, min(typed.max_fit_tiles, params.train.max_train_tiles or typed.max_fit_tiles), seed, budget)
     row_of = {int(t): r for r, t in enumerate(label_ids)}
     images = [np.asarray(store.images[i]) for i in ids]
     masks = [np.asarray(labels[row_of[int(i)]]) for i in ids]
@@ -56,11 +58,12 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
                     val_iou_micro=val.get("iou_micro", float("nan")), seconds=seconds)]
     summary = dict(best_epoch=1, best_val_miou=history[0]["val_miou"], final_train_loss=float("nan"), n_params=0,
                    macs_per_tile=0, train_seconds=seconds)
-    run_config = dict(dataset=dataset, model=model_name, supervision=sup.name, seed=seed, model_options=options,
+    run_config = dict(dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed,
+                      model_options=options,
                       normalise=params.normalise.mode, n_train_tiles=len(ids), n_val_tiles=len(val_ids), tiles=str(tiles))
-    cell = dict(dataset=dataset, model=model_name, supervision=sup.name, seed=seed)
+    cell = dict(dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed)
     run = tracking.start_cell_run(params.mlflow, dict(stage="train", **cell), stable_hash(run_config | {"classical": True}),
-                                  run_name=f"{dataset}/{model_name}/{sup.name}/seed{seed}",
+                                  run_name=f"{dataset}/{model_name}/{sup.name}/{variant}/b{budget}/seed{seed}",
                                   tags={k: str(v) for k, v in cell.items()} | {"classical": "true"})
     try:
         tracking.log_params(run_config)

@@ -40,8 +40,16 @@ def checkpoint_path(out: Path) -> Path:
     return out.parent / f".{out.name}.ckpt.pt"
 
 
-def select_train_ids(store: TileStore, max_tiles: int | None, seed: int) -> np.ndarray:
+def select_train_ids(store: TileStore, max_tiles: int | None, seed: int, budget: int = 100) -> np.ndarray:
+    """The train tiles of a cell: the label budget (whole percent) as a nested seeded subset (the 10 % tiles lie
+    inside the 30 % tiles of the same seed), then the `train.max_train_tiles` cap."""
     ids = store.ids("train")
+    if not len(ids):
+        raise EqsegError(f"{store.path}: the dataset has no train tiles (a test-only dataset cannot train a model)")
+    if budget < 100:
+        from eqseg.stats import nested_budget_ids
+
+        ids = np.asarray(nested_budget_ids(ids.tolist(), [budget / 100], seed)[budget / 100])
     if max_tiles is not None and max_tiles < len(ids):
         ids = np.sort(np.random.default_rng(seed).choice(ids, max_tiles, replace=False))
     return ids
@@ -144,7 +152,7 @@ class MlflowObserver(Observer):
         c = self.cell
         run = tracking.start_cell_run(
             self.params.mlflow, dict(stage="train", **c), config_hash, run_id=state["run_id"],
-            run_name=f"{c['dataset']}/{c['model']}/{c['supervision']}/seed{c['seed']}",
+            run_name=f"{c['dataset']}/{c['model']}/{c['supervision']}/{c['variant']}/b{c['budget']}/seed{c['seed']}",
             tags={k: str(v) for k, v in c.items()},
         )
         state["run_id"] = run.info.run_id
@@ -193,8 +201,20 @@ def run_epochs(model, net, ds, store, val_ids, loss_fn, optimiser, scheduler, sc
         log.info("epoch %d/%d loss %.4f val mIoU %.4f (%.1fs)", epoch + 1, cfg.epochs, loss, row["val_miou"], row["seconds"])
 
 
+def variant_setup(params: Params, variant: str, loss_spec: dict) -> tuple[str, dict]:
+    """(augmentation, loss spec) of a training variant: none; d4 (random D4 element per tile and epoch);
+    consistency (no augmentation, plus the equivariance-consistency term at train.consistency_weight)."""
+    if variant == "d4":
+        return "d4", loss_spec
+    if variant == "consistency":
+        return "none", {**loss_spec, "consistency": loss_spec.get("consistency", params.train.consistency_weight)}
+    if variant == "none":
+        return "none", loss_spec
+    raise EqsegError(f"variant: {variant!r} is not one of none, d4, consistency")
+
+
 def train(params: Params, dataset: str, model_name: str, supervision: str, seed: int, tiles: Path, labels_dir: Path, out: Path,
-          observer: Observer | None = None) -> dict:
+          observer: Observer | None = None, variant: str = "d4", budget: int = 100) -> dict:
     """Train one grid cell; write model.pt, history.csv, config.json, run.json and curves.png into `out`.
     Under torchrun (train.nproc > 1) every rank trains; rank 0 alone writes and returns the summary, others {}.
     `observer` defaults to MLflow tracking (rank 0)."""
@@ -202,7 +222,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     if model_name in CLASSICAL_OPTIONS:
         from eqseg.train.classical import fit_classical
 
-        return fit_classical(params, dataset, model_name, supervision, seed, tiles, labels_dir, out)
+        return fit_classical(params, dataset, model_name, supervision, seed, tiles, labels_dir, out, variant, budget)
     cfg = params.train
     world = ddp.current_world()
     store = TileStore(tiles)
@@ -226,7 +246,8 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
-    train_ids = select_train_ids(store, cfg.max_train_tiles, seed)
+    augment, loss_spec = variant_setup(params, variant, params.loss_spec(sup))
+    train_ids = select_train_ids(store, cfg.max_train_tiles, seed, budget)
     val_ids = store.ids("val")
     labels, label_ids, quality = load_labels(labels_dir)
     mode = params.normalise.mode
@@ -237,20 +258,21 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
 
         stain = StainNormaliser.fit(params.normalise.stain, reference_tiles(store, train_ids, seed=seed))
         train_stats = norm.stained_statistics(store, train_ids, stain)
-    ds = TileDataset(store, train_ids, augment=cfg.augment, seed=seed, labels=labels, label_ids=label_ids,
+    ds = TileDataset(store, train_ids, augment=augment, seed=seed, labels=labels, label_ids=label_ids,
                      normaliser=norm.for_store(mode, train_stats, store, _sources(store, train_ids) if mode == "image" else None,
                                                stain=stain))
     val_normaliser = norm.for_store(mode, train_stats, store, _sources(store, val_ids) if mode == "image" else None,
                                     stain=stain)
-    loss_spec = params.loss_spec(sup)
     loss_fn = build_loss(loss_spec)
     run_config = dict(
-        dataset=dataset, model=model_name, supervision=sup.name, seed=seed, model_options=options, loss=loss_spec,
+        dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed,
+        model_options=options, loss=loss_spec, augment=augment,
         weak=params.weak.model_dump() if not sup.is_full else None, normalise=mode, stain=params.normalise.stain,
         train=cfg.model_dump(), tile=dict(size=meta["tile_size"], overlap=meta["overlap"]), n_train_tiles=len(train_ids),
         n_val_tiles=len(val_ids), tiles=str(tiles),
     )
-    hashed = {k: v for k, v in run_config.items() if k not in ("tiles", "normalise", "stain")} | {"stats": meta["band_mean"]}
+    hashed = {k: v for k, v in run_config.items() if k not in ("tiles", "normalise", "stain", "variant", "budget", "augment")}
+    hashed |= {"stats": meta["band_mean"], "augment": augment, "budget": budget}
     if mode != "train" or stain is not None:  # (absent for the default, so checkpoints of earlier versions still resume)
         hashed["normalise"] = [mode, params.normalise.stain]
     ckpt = Checkpoint(checkpoint_path(out), stable_hash(hashed))
@@ -261,7 +283,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     if state is not None and world.main:
         log.warning("resuming %s from epoch %d (checkpoint %s)", out, state["epoch"], ckpt.path)
     state = state or dict(epoch=0, history=[], best=-1.0, best_state=None, run_id=None)
-    cell = dict(dataset=dataset, model=model_name, supervision=sup.name, seed=seed)
+    cell = dict(dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed)
     observer = (observer or MlflowObserver(params, cell, labels_dir, quality, tiles)) if world.main else Observer()
     observer.start(state, run_config, {"n_params": n_params, "macs_per_tile": macs, "device": str(device), "processes": world.size},
                    ckpt.config_hash)
