@@ -76,9 +76,12 @@ def test_geotiff_store_layout_index_and_leak_free_blocks(tmp_path):
         ua = index[index.split == a].geometry.union_all()
         ub = index[index.split == b].geometry.union_all()
         assert ua.intersection(ub).area == pytest.approx(0.0, abs=1e-6)
-    # padding beyond the 900 px scene (and beyond each block) is marked unlabelled
-    edge = index[(index.col + 128 > 900)]
-    assert len(edge) and all((store.masks[i][:, 900 - c:] == 255).all() for i, c in zip(edge.tile_id, edge.col))
+    # every block of the 900 px scene is at least a tile wide (256, 256, 256, 132): the last tile of each row and
+    # column is shifted back inside its block, so no tile crosses a block edge or the scene edge, none is padded
+    for rc in (index.row.to_numpy(), index.col.to_numpy()):
+        assert (rc + 128 <= 900).all() and (rc // 256 == (rc + 127) // 256).all()
+        assert set(rc % 256) == {0, 96, 128} | {4}  # 0, 96, 128 in full blocks (stride 96); 768 + 4 in the last
+    assert (index.px_unlabelled == 0).all() and (index.valid_fraction == 1).all()
     assert meta["band_mean"][0] > 0 and meta["band_std"][0] > 0
     assert json.loads((out / "meta.json").read_text())["classes"] == ["background", "building"]
 
@@ -106,9 +109,14 @@ def test_pairs_store_splits_by_source_and_pads(tmp_path, root):
     assert meta["bands"] == 3  # the constant alpha band is dropped
     store = TileStore(tmp_path / "tiles")
     assert set(np.unique(store.masks)) <= {0, 1, 255} and (store.masks == 1).any()
-    # image06 is 459 x 392: its last column of tiles is padded and unlabelled there
-    t = index[(index.source == "image06") & (index.col == 384) & (index.row == 0)].tile_id.item()
-    assert (store.masks[t][:, 459 - 384:] == 255).all() and (store.images[t][:, :, 459 - 384:] == 0).all()
+    # image06 is 459 wide: its last column of tiles is shifted back inside the image (col 331, not 384 padded);
+    # every image is larger than a tile, so no tile is padded at all
+    from eqseg.tiling.sources import read_image_file
+
+    assert sorted(set(index[index.source == "image06"].col)) == [0, 128, 256, 459 - 128]
+    t = index[(index.source == "image06") & (index.col == 459 - 128) & (index.row == 0)].tile_id.item()
+    assert np.array_equal(store.images[t], read_image_file(images / "image06.png")[:3, :128, 459 - 128:])
+    assert (index.px_unlabelled == 0).all() and (index.valid_fraction == 1).all()
 
 
 def test_nodata_tiles_are_dropped_and_nodata_pixels_unlabelled(tmp_path):
@@ -194,20 +202,23 @@ def test_batch_band_sums_equal_tile_sums_to_the_last_bit(dtype):
     rng = np.random.default_rng(0)
     info = np.iinfo(dtype)
     images = rng.integers(info.min, info.max, (5, 3, 128, 128), endpoint=True).astype(dtype)
-    masks = rng.integers(0, 3, (5, 128, 128)).astype(np.uint8)
-    masks[1, 40:] = 255  # partly unlabelled
-    masks[2] = 255  # not labelled at all
-    masks[3, ::2] = 255  # unlabelled on exactly the sampled rows
-    got = batch_sums(images, masks)
-    want = np.stack([tile_sums(i, m) for i, m in zip(images, masks)])
+    valid = np.ones((5, 128, 128), dtype=bool)
+    valid[1, 40:] = False  # partly padding or nodata
+    valid[2] = False  # no valid pixel at all
+    valid[3, ::2] = False  # invalid on exactly the sampled rows
+    got = batch_sums(images, valid)
+    want = np.stack([tile_sums(i, v) for i, v in zip(images, valid)])
     assert got.dtype == want.dtype and np.array_equal(got, want)
     assert got[2].sum() == 0 and got[0, 0, 0] == 64 * 64
 
 
-# Digests of the stores of the bundled datasets (arrays and index content), taken with the code before tiles were
-# written by a background thread in batches, statistics summed per batch and the index built by columns: the
-# store must not change by a bit when the tiling code is made faster (deliberate changes update these values).
-BUNDLED_STORE_DIGESTS = {"cpm15": "b692a86a9b0f91ae", "spacenet_atlanta": "aeffca1a532c320c"}
+# Digests of the stores of the bundled datasets (arrays and index content): the store must not change by a bit when
+# the tiling code is made faster; deliberate changes update these values. Last deliberate change: the last tile of a
+# row or column is shifted back inside its block or source instead of padded (cpm15: 440 -> 453 tiles, none padded
+# any more, 134 were; spacenet_atlanta: 49 -> 64 tiles, the 4-px strip past 896 px is now seen, by tiles at 772;
+# cpm15_slides: unchanged, its 1024-px blocks hold whole tiles). Before: cpm15 b692a86a9b0f91ae, spacenet_atlanta
+# aeffca1a532c320c.
+BUNDLED_STORE_DIGESTS = {"cpm15": "fb75ee0c8c46d1b4", "spacenet_atlanta": "8565c706cda243c2"}
 BUNDLED_SLIDES_STORE_DIGEST = "0251c91dea071738"  # cpm15_slides, in test_slides.py
 
 
@@ -237,3 +248,122 @@ def test_bundled_stores_are_unchanged_to_the_byte(root, tmp_path, name):
     params, cfgs = _bundled_cfgs(root)
     build_tile_store(name, cfgs[name], TileConfig(size=128, overlap=0, min_valid_fraction=0.05), tmp_path / "t", root)
     assert store_digest(tmp_path / "t") == BUNDLED_STORE_DIGESTS[name]
+
+
+# --------------------------------------------------------------------------------------------- test-only datasets
+def _scene(tmp_path: Path, name: str, crs: str, x0: float, y0: float, size: int = 256, seed: int = 0) -> Scene:
+    raster, labels = tmp_path / f"{name}.tif", tmp_path / f"{name}.geojson"
+    data = np.random.default_rng(seed).integers(1, 250, (3, size, size), dtype=np.uint8)
+    with rasterio.open(raster, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs,
+                       transform=from_origin(x0, y0, 1.0, 1.0)) as ds:
+        ds.write(data)
+    gpd.GeoDataFrame({"cls": [1]}, geometry=[box(x0 + 10, y0 - 60, x0 + 60, y0 - 10)], crs=crs).to_file(labels)
+    return Scene(raster=str(raster), labels=str(labels))
+
+
+@pytest.mark.parametrize("by", ["source", "block"])
+def test_test_only_dataset_has_every_tile_in_test_and_statistics_of_all(tmp_path, by):
+    split = SplitConfig(by=by, block_size=128, fractions={"test": 1.0})
+    assert split.fractions == {"test": 1.0}
+    cfg = GeoTiffDataset(kind="geotiff", classes=["bg", "thing"], scenes=[_scene(tmp_path, "a", "EPSG:32633", 500000, 4000000)],
+                         split=split)
+    meta = build_tile_store("external", cfg, TileConfig(size=64), tmp_path / "t")
+    store = TileStore(tmp_path / "t")
+    assert meta["splits"] == {"train": 0, "val": 0, "test": 16} and set(store.index.split) == {"test"}
+    assert meta["stats_from"] == "all"
+    x = np.asarray(store.images)[:, :, ::2, ::2].transpose(1, 0, 2, 3).reshape(3, -1).astype(np.float64)
+    assert meta["band_mean"] == pytest.approx(x.mean(axis=1).tolist(), rel=1e-12)
+    assert meta["band_std"] == pytest.approx((x.std(axis=1) + 1e-6).tolist(), rel=1e-9)
+    # with a train split, its statistics alone (and it says so)
+    cfg = cfg.model_copy(update={"split": SplitConfig(by="block", block_size=128, fractions={"train": 0.5, "test": 0.5})})
+    meta = build_tile_store("mixed", cfg, TileConfig(size=64), tmp_path / "m")
+    assert meta["stats_from"] == "train" and meta["splits"]["train"] == 8
+    ids = TileStore(tmp_path / "m").ids("train")
+    x = np.asarray(TileStore(tmp_path / "m").images)[ids][:, :, ::2, ::2].transpose(1, 0, 2, 3).reshape(3, -1)
+    assert meta["band_mean"] == pytest.approx(x.astype(np.float64).mean(axis=1).tolist(), rel=1e-12)
+
+
+def test_split_fractions_still_refuse_bad_values():
+    from pydantic import ValidationError
+
+    for bad in ({"test": 0.5}, {"train": -0.2, "test": 1.2}):
+        with pytest.raises(ValidationError, match="must be non-negative and sum to 1"):
+            SplitConfig(fractions=bad)
+
+
+# --------------------------------------------------------------------------------------------- shared ground
+def test_overlap_groups_join_boxes_of_different_owners_transitively():
+    from eqseg.tiling.grid import overlap_groups
+
+    boxes = [(0, 0, 10, 10), (10, 0, 20, 10), (5, 5, 15, 15), (14, 14, 30, 30), (40, 40, 50, 50), (0, 0, 10, 10)]
+    # 0 and 1 (one owner) only touch; 2 (owner 1) overlaps both; 3 (owner 2) overlaps 2; 5 (owner 0) is never joined
+    # to 0 (same owner) but is to 2
+    assert overlap_groups(boxes, [0, 0, 1, 2, 2, 0]) == [0, 0, 0, 0, 1, 0]
+    assert overlap_groups(boxes[:2] + boxes[4:5], [0, 1, 2]) == [0, 1, 2]  # touching edges share no ground
+    assert overlap_groups(boxes, [0] * 6) == list(range(6))
+
+
+def test_overlapping_scenes_in_different_crss_never_split_the_same_ground(tmp_path):
+    """Two scenes, the second in the neighbouring UTM zone over the lower right of the first: blocks of both that
+    cover the same ground are one unit, whatever the seed; scenes apart stay independent."""
+    from pyproj import Transformer
+
+    from eqseg.tiling.source import open_sources
+    from eqseg.tiling.store import split_units
+
+    x, y = Transformer.from_crs("EPSG:32633", "EPSG:32632", always_xy=True).transform(500100, 3999900)
+    scenes = [_scene(tmp_path, "a", "EPSG:32633", 500000, 4000000), _scene(tmp_path, "b", "EPSG:32632", x, y, seed=1),
+              _scene(tmp_path, "far", "EPSG:32633", 510000, 4000000, seed=2)]
+    cfg = GeoTiffDataset(kind="geotiff", classes=["bg", "thing"], scenes=scenes,
+                         split=SplitConfig(by="block", block_size=64, fractions={"train": 0.5, "val": 0.25, "test": 0.25}))
+    sources = open_sources(cfg)
+    try:
+        blocks, units = split_units(sources, cfg.split)
+        foot = gpd.GeoSeries([sources[i].footprint(r, c, h, w) for i, r, c, h, w in blocks], crs=None)
+        crs = [sources[i].crs for i, *_ in blocks]
+    finally:
+        for s in sources:
+            s.close()
+    a = [k for k, b in enumerate(blocks) if b[0] == 0]
+    b = [k for k, blk in enumerate(blocks) if blk[0] == 1]
+    fb = gpd.GeoSeries(foot.iloc[b].to_numpy(), crs=crs[b[0]]).to_crs(crs[a[0]])
+    pairs = [(i, j) for j, g in zip(b, fb) for i in a if g.intersection(foot.iloc[i]).area > 1e-6]
+    assert len(pairs) >= 9 and all(units[i] == units[j] for i, j in pairs)
+    assert len(set(units)) < len(blocks)  # blocks were joined
+    assert len({units[k] for k, blk in enumerate(blocks) if blk[0] == 2}) == 16  # the far scene: its own 16 blocks
+    for seed in range(4):
+        c = cfg.model_copy(update={"split": cfg.split.model_copy(update={"seed": seed})})
+        build_tile_store("two", c, TileConfig(size=64), tmp_path / f"s{seed}")
+        index = gpd.read_parquet(tmp_path / f"s{seed}" / "index.parquet")
+        index = gpd.GeoDataFrame(index, geometry=[g if s != "b" else gpd.GeoSeries([g], crs="EPSG:32632").to_crs("EPSG:32633").iloc[0]
+                                                  for g, s in zip(index.geometry, index.source)], crs="EPSG:32633")
+        union = {s: index[index.split == s].union_all() for s in ("train", "val", "test")}
+        assert all(union[p].intersection(union[q]).area < 1e-6 for p, q in (("train", "val"), ("train", "test"), ("val", "test"))), seed
+
+
+def test_overlapping_sources_split_by_source_are_one_unit_and_predict_agrees(tmp_path, root):
+    """Split by source: scenes sharing ground go to one split together; `source_splits` (what predict-dataset uses
+    to pick test scenes) says what the store did, for scenes and for pairs."""
+    from pyproj import Transformer
+
+    from eqseg.tiling.store import source_splits
+
+    x, y = Transformer.from_crs("EPSG:32633", "EPSG:32632", always_xy=True).transform(500100, 3999900)
+    scenes = [_scene(tmp_path, "a", "EPSG:32633", 500000, 4000000), _scene(tmp_path, "far", "EPSG:32633", 510000, 4000000, seed=2),
+              _scene(tmp_path, "b", "EPSG:32632", x, y, seed=1)]
+    for seed in range(6):
+        cfg = GeoTiffDataset(kind="geotiff", classes=["bg", "thing"], scenes=scenes,
+                             split=SplitConfig(by="source", fractions={"train": 0.5, "test": 0.5}, seed=seed))
+        build_tile_store("s", cfg, TileConfig(size=64), tmp_path / f"t{seed}")
+        index = gpd.read_parquet(tmp_path / f"t{seed}" / "index.parquet")
+        stored = index.groupby("source").split.agg(set).to_dict()
+        assert all(len(v) == 1 for v in stored.values()) and stored["a"] == stored["b"] != stored["far"]
+        assert source_splits(cfg) == {k: v.pop() for k, v in stored.items()}
+    three = cfg.model_copy(update={"split": SplitConfig(by="source")})
+    with pytest.raises(EqsegError, match=r"needs a source for each split with a share \(dataset has 3, 2 once sources "
+                                         r"covering the same ground count as one\)"):
+        build_tile_store("s", three, TileConfig(size=64), tmp_path / "three")
+    _, cfgs = _bundled_cfgs(root)
+    build_tile_store("cpm15", cfgs["cpm15"], TileConfig(size=256), tmp_path / "cpm", root)
+    index = gpd.read_parquet(tmp_path / "cpm" / "index.parquet")
+    assert source_splits(cfgs["cpm15"], root) == index.groupby("source").split.first().to_dict()

@@ -245,8 +245,10 @@ def prediction_sources(params: Params, dataset: str, root: Path = Path(".")) -> 
     names = source_names(cfg, root)
     if cfg.split.by == "block":
         return names
-    splits = grid.assign_splits(len(names), cfg.split.fractions, cfg.split.seed)
-    return [n for n, s in zip(names, splits) if s == "test"]
+    from eqseg.tiling.store import source_splits
+
+    splits = source_splits(cfg, root)  # as the tile store draws them (sources sharing ground are one unit)
+    return [n for n in names if splits[n] == "test"]
 
 
 def test_footprints(tiles: Path, source: str) -> list:

@@ -2,7 +2,8 @@
 
 Splits are spatial so that they cannot leak: either whole sources go to one split, or a scene is cut into square
 blocks, each block goes to one split, and tiles are placed inside a single block (never across a block edge), so
-no pixel is ever shared by tiles of two splits.
+no pixel is ever shared by tiles of two splits. Georeferenced sources may cover the same ground: sources (or
+blocks) of different scenes whose footprints overlap form one unit, drawn into one split together.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ SPLITS = ("train", "val", "test")
 
 
 def tile_origins(extent: int, size: int, overlap: int) -> list[int]:
-    """Start offsets along one axis: stride size-overlap, covering [0, extent); the last tile is padded, not shifted."""
+    """Start offsets along one axis: stride size-overlap, covering [0, extent); the last tile is padded, not shifted
+    (for passes that must see every pixel once; tiles and prediction windows use window_origins)."""
     stride = size - overlap
     origins = [0]
     while origins[-1] + size < extent:
@@ -35,11 +37,13 @@ def window_origins(extent: int, size: int, overlap: int) -> list[int]:
 
 
 def tile_windows(row0: int, col0: int, height: int, width: int, size: int, overlap: int) -> list[tuple[int, int]]:
-    """(row, col) origins of the tiles covering the rectangle at (row0, col0) of the given height and width."""
+    """(row, col) origins of the tiles covering the rectangle at (row0, col0) of the given height and width: the
+    last tile of a row or column is shifted back inside the rectangle (window_origins), so tiles are padded only
+    along a side shorter than a tile."""
     return [
         (row0 + r, col0 + c)
-        for r in tile_origins(height, size, overlap)
-        for c in tile_origins(width, size, overlap)
+        for r in window_origins(height, size, overlap)
+        for c in window_origins(width, size, overlap)
     ]
 
 
@@ -81,3 +85,30 @@ def blocks(height: int, width: int, block_size: int) -> list[tuple[int, int, int
 def check_block_size(block_size: int, tile_size: int, overlap: int, key: str) -> None:
     if block_size < tile_size + overlap:
         raise EqsegError(f"{key}: block_size ({block_size}) must be at least tile size + overlap ({tile_size + overlap})")
+
+
+def overlap_groups(boxes: list[tuple[float, float, float, float]], owners: list[int]) -> list[int]:
+    """A group id for each box (minx, miny, maxx, maxy): boxes of different owners whose interiors intersect are in
+    one group, transitively (union-find); ids are numbered in order of first appearance, so that boxes overlapping
+    nothing keep their own position's number. Boxes of one owner (blocks of one scene) are never joined by this."""
+    from shapely import STRtree, box
+
+    parent = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    geoms = [box(*b) for b in boxes]
+    if len(set(owners)) > 1:
+        tree = STRtree(geoms)
+        for i, g in enumerate(geoms):
+            for j in tree.query(g, predicate="intersects"):
+                j = int(j)
+                if owners[j] != owners[i] and g.intersection(geoms[j]).area > 0:  # touching edges share no ground
+                    a, b = root(i), root(j)
+                    parent[max(a, b)] = min(a, b)
+    ids: dict[int, int] = {}
+    return [ids.setdefault(root(i), len(ids)) for i in range(len(boxes))]

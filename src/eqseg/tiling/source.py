@@ -102,7 +102,7 @@ def _scene_names(cfg, root: Path) -> list[str]:
 
 
 def _open_scenes(cfg, root: Path, only: str | None) -> list:
-    from eqseg.tiling.sources import GeoSource, load_vector_labels, open_raster
+    from eqseg.tiling.sources import IGNORE, GeoSource, load_vector_labels, open_raster
 
     sources = []
     for scene in cfg.scenes:
@@ -113,7 +113,7 @@ def _open_scenes(cfg, root: Path, only: str | None) -> list:
             crs, bounds = ds.crs, ds.bounds
         shapes = load_vector_labels(root / scene.labels, raster, crs, bounds, cfg.class_field, cfg.class_values,
                                     len(cfg.classes), cfg.layer)
-        sources.append(GeoSource(raster, shapes, cfg.all_touched))
+        sources.append(GeoSource(raster, shapes, cfg.all_touched, IGNORE if cfg.unlabelled == "ignore" else 0))
     return sources
 
 

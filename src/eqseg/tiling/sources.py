@@ -2,7 +2,8 @@
 
 Each source hands out one padded tile at a time (never reading the whole raster): the pixels of [row, row_end) x
 [col, col_end) inside the tile, the rest padding. It returns the image (C, S, S), the mask (S, S, uint8 class
-ids, 255 = no label: padding, nodata, or unknown), the fraction of valid pixels and the valid pixels themselves.
+ids, 255 = no label: padding, nodata, or unknown), the fraction of valid pixels and the valid pixels themselves
+(valid: image pixels inside the source and not nodata, labelled or not; band statistics are taken over them).
 Whole-slide images have their own source in eqseg.slides.source; all implement eqseg.tiling.source.Source.
 """
 
@@ -87,6 +88,7 @@ class GeoSource(SourceDefaults):
     path: Path
     shapes: list = field(repr=False)  # (geometry, class id) pairs in the raster's CRS
     all_touched: bool = False
+    fill: int = 0  # the label of valid pixels under no shape: 0 (background) or IGNORE (unknown, partial labels)
 
     def __post_init__(self):
         self.name = self.path.stem
@@ -166,13 +168,13 @@ class GeoSource(SourceDefaults):
     def _rasterise(self, win) -> np.ndarray:
         shape = (int(win.height), int(win.width))
         if self._tree is None:
-            return np.zeros(shape, dtype=np.uint8)
+            return np.full(shape, self.fill, dtype=np.uint8)
         hits = self._tree.query(self.footprint(int(win.row_off), int(win.col_off), *shape))
         if not len(hits):
-            return np.zeros(shape, dtype=np.uint8)
+            return np.full(shape, self.fill, dtype=np.uint8)
         return rasterio.features.rasterize(
             [self.shapes[i] for i in sorted(hits)], out_shape=shape, transform=rasterio.windows.transform(win, self.transform),
-            fill=0, dtype=np.uint8, all_touched=self.all_touched,
+            fill=self.fill, dtype=np.uint8, all_touched=self.all_touched,
         )
 
     def read_tile(self, row: int, col: int, size: int, row_end: int, col_end: int) -> TileRead:

@@ -7,13 +7,15 @@ Layout of `results/tiles/{dataset}/`:
                  0 otherwise; row and col are pixels of that level), row, col, size, split, valid_fraction (share
                  of valid pixels, of tissue for slides), px_<class> counts, px_unlabelled, geometry (footprint in
                  the source CRS, in pixel space for unreferenced images, in level-0 pixels for slides), crs
-  meta.json      classes, bands, dtype, tile size, band statistics of the train split, sources, split counts
+  meta.json      classes, bands, dtype, tile size, band statistics (over the image-valid pixels of the train split,
+                 or of all tiles for a store without train tiles: `stats_from` says which), sources, split counts
 Few files keep DVC fast (it hashes per file) and the loader cheap (one mmap, no per-tile open).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,43 +30,113 @@ from tqdm import tqdm
 from eqseg.errors import EqsegError
 from eqseg.tiling import grid, npy
 from eqseg.tiling.source import Source, open_sources
-from eqseg.tiling.sources import IGNORE
+from eqseg.tiling.sources import IGNORE, GeoSource
 from eqseg.utils.atomic import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from eqseg.config import GeoTiffDataset, PairsDataset, SlideDataset, TileConfig
 
 
-def candidate_tiles(sources: list, split_cfg, tile: TileConfig) -> list[tuple[int, int, int, int, int, int]]:
-    """(source, unit, row, col, row_end, col_end) of every candidate tile, in reading order (source, row, col).
+def split_units(sources: list, split_cfg) -> tuple[list[tuple[int, int, int, int, int]], list[int]]:
+    """The blocks splits are drawn for, (source, row, col, height, width), and the unit of each: a whole source
+    (split by source) or a square block of a scene (split by block); blocks of different georeferenced sources that
+    cover the same ground (footprints overlapping in the first source's CRS, other CRSs' bounds reprojected) are one
+    unit, so that overlapping scenes cannot put the same ground into two splits. Units are numbered in block order."""
+    if split_cfg.by == "source":
+        blocks = [(i, 0, 0, s.height, s.width) for i, s in enumerate(sources)]
+    else:
+        blocks = [(i, *b) for i, s in enumerate(sources) for b in grid.blocks(s.height, s.width, split_cfg.block_size)]
+    return blocks, _shared_ground_units(sources, blocks)
 
-    A unit is what a split is drawn for: a whole source (split by source) or a square block of a scene (split by
-    block). The ends are those of the source or of the block holding the tile, so that tiles never cross a block
-    edge and splits cannot leak; pixels past the ends are padding.
+
+def _shared_ground_units(sources: list, blocks: list[tuple[int, int, int, int, int]]) -> list[int]:
+    from rasterio.warp import transform_bounds
+
+    geo = [k for k, b in enumerate(blocks) if sources[b[0]].crs is not None and sources[b[0]].transform is not None]
+    if len({blocks[k][0] for k in geo}) < 2:
+        return list(range(len(blocks)))
+    common = sources[blocks[geo[0]][0]].crs
+    boxes = []
+    for k in geo:
+        i, r0, c0, h, w = blocks[k]
+        src = sources[i]
+        bounds = src.footprint(r0, c0, h, w).bounds
+        if src.crs != common:  # the bounding box of the reprojected block: never smaller than its true footprint
+            bounds = transform_bounds(src.crs, common, *bounds, densify_pts=21)
+        boxes.append(bounds)
+    groups = grid.overlap_groups(boxes, [blocks[k][0] for k in geo])
+    units = list(range(len(blocks)))
+    first: dict[int, int] = {}
+    for k, g in zip(geo, groups):
+        units[k] = first.setdefault(g, k)
+    ids: dict[int, int] = {}
+    return [ids.setdefault(u, len(ids)) for u in units]
+
+
+@dataclass
+class _Extent:
+    """What split_units needs of a scene (size, CRS, transform, footprint), read from the raster's header only."""
+
+    height: int
+    width: int
+    crs: object
+    transform: object
+
+    footprint = GeoSource.footprint  # the very footprints of the scene's source
+
+
+def source_splits(cfg, root: Path = Path(".")) -> dict[str, str]:
+    """The split of each source of a dataset split by source, exactly as the tile store draws it (georeferenced
+    sources covering the same ground are one unit), without reading pixels or labels."""
+    from eqseg.tiling.source import source_names
+
+    names = source_names(cfg, root)
+    if cfg.split.by != "source":
+        raise EqsegError(f"source_splits: the dataset is split by {cfg.split.by}, not by source")
+    if getattr(cfg, "kind", None) == "geotiff":
+        from eqseg.tiling.sources import open_raster
+
+        extents = []
+        for scene in cfg.scenes:
+            with open_raster(root / scene.raster) as ds:
+                extents.append(_Extent(ds.height, ds.width, ds.crs, ds.transform))
+        _, units = split_units(extents, cfg.split)
+    else:  # pixel or slide coordinates: sources never share ground
+        units = list(range(len(names)))
+    splits = unit_splits(sorted(set(units)), len(set(units)), len(names), cfg.split)
+    return {n: splits[u] for n, u in zip(names, units)}
+
+
+def candidate_tiles(sources: list, split_cfg, tile: TileConfig) -> tuple[list[tuple[int, int, int, int, int, int]], int]:
+    """(source, unit, row, col, row_end, col_end) of every candidate tile, in reading order (source, row, col), and
+    the number of units (split_units).
+
+    The ends are those of the source or of the block holding the tile, so that tiles never cross a block edge and
+    splits cannot leak. The last tile of a row or column is shifted back inside its block (or source), as
+    prediction's windows are; pixels past the ends (padding) remain only where a block or source is narrower than a
+    tile.
     """
+    if split_cfg.by == "block":
+        grid.check_block_size(split_cfg.block_size, tile.size, tile.overlap, "split.block_size")
+    blocks, units = split_units(sources, split_cfg)
     plan = []
-    if split_cfg.by == "source":
-        for i, src in enumerate(sources):
-            plan += [(i, i, r, c, src.height, src.width) for r, c in grid.tile_windows(0, 0, src.height, src.width, tile.size, tile.overlap)]
-        return plan
-    grid.check_block_size(split_cfg.block_size, tile.size, tile.overlap, "split.block_size")
-    unit = 0
-    for i, src in enumerate(sources):
-        for r0, c0, h, w in grid.blocks(src.height, src.width, split_cfg.block_size):
-            plan += [(i, unit, r, c, r0 + h, c0 + w) for r, c in grid.tile_windows(r0, c0, h, w, tile.size, tile.overlap)]
-            unit += 1
-    return sorted(plan, key=lambda t: (t[0], t[2], t[3]))
+    for (i, r0, c0, h, w), u in zip(blocks, units):
+        plan += [(i, u, r, c, r0 + h, c0 + w) for r, c in grid.tile_windows(r0, c0, h, w, tile.size, tile.overlap)]
+    return sorted(plan, key=lambda t: (t[0], t[2], t[3])), len(set(units))
 
 
-def unit_splits(units: list[int], n_sources: int, split_cfg) -> dict[int, str]:
-    """The split of each unit that kept tiles: sources are drawn among all sources, blocks among kept blocks only
-    (so that nodata or background blocks take no share of a split)."""
+def unit_splits(units: list[int], n_units: int, n_sources: int, split_cfg) -> dict[int, str]:
+    """The split of each unit that kept tiles: sources are drawn among all sources (sources sharing ground count
+    once), blocks among kept blocks only (so that nodata or background blocks take no share of a split)."""
     if split_cfg.by == "source":
-        if n_sources < sum(1 for f in split_cfg.fractions.values() if f > 0):
+        if n_units < sum(1 for f in split_cfg.fractions.values() if f > 0):
+            shared = f", {n_units} once sources covering the same ground count as one" if n_units < n_sources else ""
             raise EqsegError(
-                f"split.by=source needs a source for each split with a share (dataset has {n_sources}): use split.by=block"
+                f"split.by=source needs a source for each split with a share (dataset has {n_sources}{shared}): use split.by=block"
             )
-        return dict(enumerate(grid.assign_splits(n_sources, split_cfg.fractions, split_cfg.seed)))
+        return dict(enumerate(grid.assign_splits(n_units, split_cfg.fractions, split_cfg.seed)))
     return dict(zip(units, grid.assign_splits(len(units), split_cfg.fractions, split_cfg.seed)))
 
 
@@ -109,17 +181,19 @@ class TileWriter:
         self._batch_size, self._ahead = batch, ahead
         self._image_buf = np.empty((1, bands, size, size), self._images.dtype)
         self._mask_buf = np.empty((1, size, size), np.uint8)
+        self._valid_buf = np.empty((1, size, size), bool)
         self._scratch: dict = {}
-        self._batch: list[tuple[np.ndarray, np.ndarray]] = []
+        self._batch: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-writer")
         self._pending: deque[Future] = deque()
         self._counts: list[np.ndarray] = []
         self._sums: list[np.ndarray] = []
         self.n = 0
 
-    def add(self, image: np.ndarray, mask: np.ndarray) -> int:
-        """Queue one tile (arrays are not copied: they must not change afterwards); return its id."""
-        self._batch.append((image, mask))
+    def add(self, image: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> int:
+        """Queue one tile (arrays are not copied: they must not change afterwards); return its id. Band statistics
+        count the image-valid pixels `valid` (labelled or not); None: the labelled ones (mask != 255)."""
+        self._batch.append((image, mask, valid))
         self.n += 1
         if len(self._batch) == self._batch_size:
             self._submit()
@@ -138,14 +212,18 @@ class TileWriter:
         self._counts.append(counts)
         self._sums.append(sums)
 
-    def _write(self, first: int, batch: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        image, mask = self._image_buf, self._mask_buf
+    def _write(self, first: int, batch: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
+        image, mask, keep = self._image_buf, self._mask_buf, self._valid_buf
         exact = image.dtype.kind in "ui" and image.dtype.itemsize <= 2
         values = self._values
         counts = np.empty((len(batch), len(values)), dtype=np.int64)
         sums = np.empty((len(batch), 3, image.shape[1]))
-        for k, (img, m) in enumerate(batch):
+        for k, (img, m, v) in enumerate(batch):
             image[0], mask[0] = img, m
+            if v is None:
+                np.not_equal(m, IGNORE, out=keep[0])
+            else:
+                keep[0] = v
             self._images.write(first + k, image)
             self._masks.write(first + k, mask)
             if len(values) <= 8:  # a comparison a value is cheaper than bincount's cast of the mask to int64
@@ -153,9 +231,9 @@ class TileWriter:
             else:
                 counts[k] = np.bincount(mask.ravel(), minlength=256)[values]
             if exact and img.dtype == image.dtype:
-                sums[k] = batch_sums(image, mask, scratch=self._scratch)[0]
+                sums[k] = batch_sums(image, keep, scratch=self._scratch)[0]
             else:  # other types (and sources of mixed types) exactly as statistics always were gathered
-                sums[k] = tile_sums(img, m)
+                sums[k] = tile_sums(img, keep[0])
         return counts, sums
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
@@ -178,11 +256,11 @@ class TileWriter:
             self._images = self._masks = None
 
 
-def tile_sums(image: np.ndarray, mask: np.ndarray, step: int = 2) -> np.ndarray:
-    """(3, C) float64: per-band count, sum and sum of squares over the labelled pixels of one tile, on every
-    `step`-th row and column (a quarter of the pixels is plenty for normalisation, and 4x cheaper)."""
-    image, mask = image[:, ::step, ::step], mask[::step, ::step]
-    keep = mask != IGNORE
+def tile_sums(image: np.ndarray, valid: np.ndarray, step: int = 2) -> np.ndarray:
+    """(3, C) float64: per-band count, sum and sum of squares over the valid pixels (bool (S, S): inside the source
+    and not nodata, labelled or not) of one tile, on every `step`-th row and column (a quarter of the pixels is
+    plenty for normalisation, and 4x cheaper)."""
+    image, keep = image[:, ::step, ::step], np.asarray(valid, dtype=bool)[::step, ::step]
     n = int(np.count_nonzero(keep))
     out = np.zeros((3, image.shape[0]))
     if n == 0:
@@ -194,14 +272,15 @@ def tile_sums(image: np.ndarray, mask: np.ndarray, step: int = 2) -> np.ndarray:
     return out
 
 
-def batch_sums(images: np.ndarray, masks: np.ndarray, step: int = 2, scratch: dict | None = None) -> np.ndarray:
-    """tile_sums of a batch of tiles (B, C, S, S) of 8- or 16-bit integers at once: (B, 3, C), equal to tile_sums
+def batch_sums(images: np.ndarray, valid: np.ndarray, step: int = 2, scratch: dict | None = None) -> np.ndarray:
+    """tile_sums of a batch of tiles (B, C, S, S) of 8- or 16-bit integers and their validity (B, S, S) at once:
+    (B, 3, C), equal to tile_sums
     to the last bit. Every sum of such values (squares below 2**32, at most 2**16 of them a tile) is an integer
     below 2**53, which float64 holds exactly whatever the order of summation; for 8-bit values, the row sums (at most
     S/step * 255**2 < 2**24) are even exact in float32, half the memory traffic. `scratch` (a dict kept by the
     caller) holds the float buffer from one call to the next."""
     x = images[:, :, ::step, ::step]
-    keep = masks[:, ::step, ::step] != IGNORE
+    keep = np.asarray(valid, dtype=bool)[:, ::step, ::step]
     ftype = np.dtype(np.float32 if images.dtype.itemsize == 1 and x.shape[-1] * 255**2 < 2**24 else np.float64)
     buf = scratch.get(ftype) if scratch is not None else None
     if buf is None or buf.shape[0] < x.shape[0] or buf.shape[1:] != x.shape[1:]:
@@ -239,7 +318,8 @@ def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset | SlideDatase
     """Tile every source of a dataset into `out` (replaced atomically) in one streaming pass; return the meta record.
 
     Tiles are read in row order so that each source decodes its file once; splits are drawn afterwards among the
-    units that kept tiles, and band statistics of the train split come from per-unit sums gathered on the way.
+    units that kept tiles, and band statistics of the train split (of all tiles when it has none) come from per-unit
+    sums gathered on the way.
     """
     sources = open_sources(cfg, root)
     try:
@@ -258,7 +338,7 @@ def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -
         raise EqsegError(f"datasets.{name}: sources have different band counts {sorted(bands)}")
     n_bands = bands.pop()
     dtype = _store_dtype(sources)
-    plan = candidate_tiles(sources, cfg.split, tile)
+    plan, n_units = candidate_tiles(sources, cfg.split, tile)
     S = tile.size
     classes = list(cfg.classes)
     best = [0.0] * len(sources)
@@ -275,7 +355,7 @@ def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -
                 best[i] = max(best[i], read.valid_fraction)
                 if read.valid_fraction <= 0 or read.valid_fraction < tile.min_valid_fraction:
                     continue
-                writer.add(read.image, read.mask)
+                writer.add(read.image, read.mask, read.valid)
                 kept.append((i, unit, r, c, h, w, read.valid_fraction))
             counts, tile_sums_ = writer.finish()
         finally:
@@ -288,7 +368,7 @@ def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -
         sums = {}
         for u, s in zip(units.tolist(), tile_sums_):  # in tile order, as the statistics always were summed
             sums[u] = sums.get(u, 0) + s
-        splits = unit_splits(sorted(sums), len(sources), cfg.split)
+        splits = unit_splits(sorted(sums), n_units, len(sources), cfg.split)
         geometry = np.empty(n, dtype=object)
         for i, src in enumerate(sources):
             at = np.flatnonzero(src_i == i)
@@ -308,12 +388,15 @@ def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -
         index = index.set_crs(crss.pop() if len(crss) == 1 and "" not in crss else None, allow_override=True)
         index.to_parquet(tmp / "index.parquet")
         train_units = [u for u in sums if splits[u] == "train"]
-        if not train_units:
-            raise EqsegError(f"datasets.{name}: the train split has no tiles (more sources or smaller split blocks needed)")
-        mean, std = band_moments(sum(sums[u] for u in train_units))
+        if not train_units and cfg.split.fractions.get("train", 0) > 0:
+            log.warning("datasets.%s: the train split has no tiles (%d split units for fractions %s); band statistics "
+                        "are taken over all tiles", name, len(sums), dict(cfg.split.fractions))
+        # a store without train tiles (a test-only dataset) has the statistics of all its tiles, and says so
+        mean, std = band_moments(sum(sums[u] for u in (train_units or sums)))
         meta = dict(
             dataset=name, classes=classes, num_classes=len(classes), bands=n_bands, dtype=str(dtype),
             tile_size=S, overlap=tile.overlap, n_tiles=n, band_mean=mean, band_std=std,
+            stats_from="train" if train_units else "all",
             splits={s: int((index.split == s).sum()) for s in grid.SPLITS},
             sources=[_describe(s) for s in sources],
         )
