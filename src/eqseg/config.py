@@ -492,19 +492,18 @@ class GridConfig(_Strict):
     variants: list[Literal["none", "d4", "consistency"]] = Field(
         ["d4"], min_length=1, description="how the model meets symmetry in training: none, d4 (random rotations and "
         "flips of the training tiles), consistency (no augmentation; an equivariance-consistency loss term)")
-    budgets: list[float] = Field([1.0], min_length=1, description="fractions of the train tiles (nested, seeded subsets)")
+    budgets: list[int] = Field([100], min_length=1, description="label budgets in percent of the train tiles "
+                               "(nested, seeded subsets: the 10 % tiles lie inside the 30 % tiles)")
     seeds: list[int] = Field([0], min_length=1)
     test_on: dict[str, list[str]] = Field(default_factory=dict, description="also evaluate the models of a dataset "
                                           "on these (test-only or other) datasets with the same classes")
 
     @field_validator("budgets")
     @classmethod
-    def _budgets(cls, v: list[float]) -> list[float]:
+    def _budgets(cls, v: list[int]) -> list[int]:
         for b in v:
-            if not 0 < b <= 1:
-                raise ValueError(f"budgets must be fractions in (0, 1] (got {b})")
-            if abs(round(b * 100) - b * 100) > 1e-9:
-                raise ValueError(f"budgets are whole percents, e.g. 0.1 or 0.25 (got {b})")
+            if not 1 <= b <= 100:
+                raise ValueError(f"budgets are percents of the train tiles, 1 to 100 (got {b})")
         if len(set(v)) != len(v):
             raise ValueError(f"budgets repeat a value ({v})")
         return v
@@ -609,7 +608,7 @@ class Params(_Strict):
         import itertools
 
         g = self.grid
-        return [dict(dataset=d, model=m, supervision=s, variant=v, budget=budget_percent(b), seed=seed)
+        return [dict(dataset=d, model=m, supervision=s, variant=v, budget=b, seed=seed)
                 for d, m, s, v, b, seed in itertools.product(g.datasets, g.models, g.supervision, g.variants, g.budgets, g.seeds)]
 
     def evaluations(self) -> list[dict]:
@@ -636,11 +635,6 @@ class Params(_Strict):
         if name not in self.datasets:
             raise EqsegError(f"params: unknown dataset {name!r} (defined: {sorted(self.datasets)})")
         return self.datasets[name]
-
-
-def budget_percent(fraction: float) -> int:
-    """A label budget as the whole percent used in paths and wildcards (0.1 -> 10)."""
-    return int(round(fraction * 100))
 
 
 def _format_error(source: str, err: ValidationError) -> str:

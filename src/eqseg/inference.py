@@ -37,18 +37,16 @@ class ClassicalNet(torch.nn.Module):
 
 
 def load_trained(model_dir, device) -> tuple[torch.nn.Module, ModelInfo]:
-    """The model of a trained (model.pt) or fitted classical (classical.json) grid cell."""
-    import json
+    """The model of a grid cell's model.pt: a network, or a fitted classical baseline behind ClassicalNet."""
     from pathlib import Path
 
-    from eqseg.models.checkpoint import load_model
+    from eqseg.models.checkpoint import load_model, read_model_file
 
-    fitted = Path(model_dir) / "classical.json"
-    if fitted.is_file() and not (Path(model_dir) / "model.pt").is_file():
-        blob = json.loads(fitted.read_text())
-        info = ModelInfo.model_validate(blob["info"])
-        return ClassicalNet(blob["state"], info.num_classes).to(device).eval(), info
-    return load_model(Path(model_dir) / "model.pt", device)
+    path = Path(model_dir) / "model.pt"
+    blob, info = read_model_file(path)
+    if "classical" in blob:
+        return ClassicalNet(blob["classical"], info.num_classes).to(device).eval(), info
+    return load_model(path, device)
 
 
 def tile_sources(store: TileStore, ids: np.ndarray) -> list[str]:

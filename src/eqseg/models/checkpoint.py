@@ -48,11 +48,29 @@ def save_model(path: Path, model, info: ModelInfo) -> None:
     torch.save({"info": info.model_dump(), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
 
 
-def load_model(path: Path, device) -> tuple[Any, ModelInfo]:
-    """Rebuild a model from its saved name, options and weights (eval mode, on `device`)."""
+def save_classical(path: Path, state: dict, info: ModelInfo) -> None:
+    """A fitted classical baseline in the same file as a network (model.pt), its state as plain values."""
+    import json
+
     import torch
 
-    from eqseg.models import build
+    torch.save({"info": info.model_dump(), "classical": json.loads(json.dumps(state, default=_plain))}, path)
+
+
+def _plain(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not a plain value: {type(o).__name__}")
+
+
+def read_model_file(path: Path) -> tuple[dict, ModelInfo]:
+    """The saved blob and its typed info: {"info", "state_dict"} for networks, {"info", "classical"} for a fitted
+    classical baseline (plain JSON-like values either way, so weights_only=True loads both)."""
+    import torch
 
     path = Path(path)
     if not path.is_file():
@@ -60,7 +78,9 @@ def load_model(path: Path, device) -> tuple[Any, ModelInfo]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         info = ModelInfo.model_validate(blob["info"])
-        state = blob["state_dict"]
+        if "state_dict" not in blob and "classical" not in blob:
+            raise KeyError("state_dict")
+        return blob, info
     except ValidationError as err:
         raise EqsegError(f"{path}: not an eqseg model (its info lacks {err.errors()[0]['loc'][0]!r})") from None
     except Exception as err:  # unpickling refused, truncated file, not a dict...
@@ -69,6 +89,16 @@ def load_model(path: Path, device) -> tuple[Any, ModelInfo]:
         else:
             why = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
         raise EqsegError(f"{path}: not a model written by `eqseg train` ({why})") from None
+
+
+def load_model(path: Path, device) -> tuple[Any, ModelInfo]:
+    """Rebuild a network from its saved name, options and weights (eval mode, on `device`)."""
+    from eqseg.models import build
+
+    blob, info = read_model_file(path)
+    if "state_dict" not in blob:
+        raise EqsegError(f"{path}: holds a fitted classical baseline, not a network (load it with eqseg.inference.load_trained)")
+    state = blob["state_dict"]
     model = build(info.model, info.in_channels, info.num_classes, **info.options)
     try:
         model.load_state_dict(state)

@@ -257,6 +257,38 @@ class GroupMaxPool(GModule, GroupMax):
         return GroupMax(self.order)
 
 
+class GroupMeanMax(nn.Module):
+    """Plain mean and max over the group axis of flat regular fields, concatenated: (B, F*|G|, H, W) ->
+    (B, 2F, H, W), the F means first. What GroupMeanMaxPool exports to."""
+
+    def __init__(self, order: int):
+        super().__init__()
+        self.order = order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = x.reshape(b, c // self.order, self.order, h, w)
+        return torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)
+
+
+class GroupMeanMaxPool(GModule, GroupMeanMax):
+    """Regular -> trivial fields: mean and max over the group, two invariants per field. The max alone passes
+    gradient to one element per field and pixel; the mean passes it to all of them and keeps the sign and size of
+    the response (a field that is high in every orientation is told apart from one that is high in one)."""
+
+    in_rep, out_rep = "regular", "trivial"
+
+    def __init__(self, group: Group, fields: int):
+        GroupMeanMax.__init__(self, group.order)
+        self.group, self.in_channels = group, fields * group.order
+
+    def raw_out_channels(self) -> int:
+        return 2 * self.in_channels // self.group.order
+
+    def export(self) -> GroupMeanMax:
+        return GroupMeanMax(self.order)
+
+
 class InvariantConv1x1(GModule, nn.Conv2d):
     """1x1 convolution between trivial fields (e.g. to class logits): it commutes with every pixel permutation."""
 

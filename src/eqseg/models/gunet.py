@@ -4,9 +4,14 @@ Same depth, pooling, upsampling and skips as `unet.UNet`, so the comparison isol
 matched to the baseline either by raw channel count (fields * |G| == width at the first level) or by parameter
 count (fields chosen so that the parameter count is closest to the unet's at the same width).
 
-Head: a LINEAR 1x1 group convolution, max over the group, then a 1x1 conv to the classes. Pooling over the group
-straight after a ReLU leaves only non-negative invariants, and on real nucleus data such a model collapsed to
-predicting background everywhere; the linear group conv lets the invariants take either sign.
+Head: a LINEAR 1x1 group convolution to `width` fields (fields * |G|, whatever the group), the mean and the max of
+each over the group, then a 1x1 conv to the classes. Pooling over the group straight after a ReLU leaves only
+non-negative invariants, and on real nucleus data such a model collapsed to predicting background everywhere; the
+linear group conv lets the invariants take either sign. At the channel-matched width 16, p4m has only 2 fields at
+full resolution: pooled by max alone the classifier saw 2 invariants, fitted its training set slowly and in some
+runs stayed at all background in eval mode; widening the head to `width` fields and pooling by mean and max
+(the mean passes gradient to every element) costs 5 % more MACs and learned on both bundled datasets
+(bench/README.md, "Group U-Nets at the channel-matched width"). The body keeps fields * |G| == width raw channels.
 """
 
 from __future__ import annotations
@@ -19,32 +24,44 @@ from torch import nn
 from eqseg.errors import EqsegError
 from eqseg.models import register
 from eqseg.models.gconv import (
-    GModule, GMaxPool2d, GSequential, GUpsample, GroupConv, GroupMaxPool, InvariantConv1x1, double_conv,
+    GModule, GMaxPool2d, GSequential, GUpsample, GroupConv, GroupMaxPool, GroupMeanMaxPool, InvariantConv1x1, double_conv,
 )
 from eqseg.models.groups import Group, P4, P4M
 from eqseg.models.unet import UNet, check_tile_size
 
 
 class GUNet(GModule):
-    """U-Net on regular fields: per level `fields * 2**i` fields (raw channels times |G|)."""
+    """U-Net on regular fields: per level `max(fields * 2**i, min_fields)` fields (raw channels: times |G|).
+
+    `min_fields`, `head_fields` (default fields * |G|) and `pool` ("meanmax" or "max", the group pooling of the
+    head) are constructor knobs for measurement (bench/probe_group_unets.py); the registered models use the
+    defaults, and `min_fields=1, head_fields=fields, pool="max"` is the head before issue 10.
+    """
 
     in_rep = out_rep = "trivial"
 
-    def __init__(self, group: Group, in_channels: int, num_classes: int, depth: int = 3, fields: int = 2):
+    def __init__(self, group: Group, in_channels: int, num_classes: int, depth: int = 3, fields: int = 2,
+                 min_fields: int = 1, head_fields: int | None = None, pool: Literal["max", "meanmax"] = "meanmax"):
         super().__init__()
         if depth < 1 or fields < 1:
             raise EqsegError(f"{group.name}_unet: depth and fields must be >= 1 (got depth={depth}, fields={fields})")
+        if pool not in ("max", "meanmax") or min_fields < 1 or (head_fields is not None and head_fields < 1):
+            raise EqsegError(f"{group.name}_unet: pool must be 'max' or 'meanmax', min_fields and head_fields >= 1 "
+                             f"(got pool={pool!r}, min_fields={min_fields}, head_fields={head_fields})")
         self.group, self.in_channels, self.num_classes = group, in_channels, num_classes
         self.depth, self.fields, self.tile_multiple = depth, fields, 2**depth
-        f = [fields * 2**i for i in range(depth + 1)]
+        f = [max(fields * 2**i, min_fields) for i in range(depth + 1)]
+        self.level_fields = f
+        h = head_fields or fields * group.order  # the raw width of the first level, in fields
         self.down = nn.ModuleList([double_conv(group, in_channels, f[0], lifting=True)])
         self.down.extend(double_conv(group, f[i], f[i + 1]) for i in range(depth))
         self.pools = nn.ModuleList(GMaxPool2d(group, f[i]) for i in range(depth))
         self.ups = nn.ModuleList(GUpsample(group, f[i + 1]) for i in reversed(range(depth)))
         self.up = nn.ModuleList(double_conv(group, f[i + 1] + f[i], f[i]) for i in reversed(range(depth)))
+        pooling = GroupMaxPool(group, h) if pool == "max" else GroupMeanMaxPool(group, h)
         self.head = GSequential(
-            GroupConv(group, f[0], f[0], kernel_size=1), GroupMaxPool(group, f[0]),
-            InvariantConv1x1(group, f[0], num_classes),
+            GroupConv(group, f[0], h, kernel_size=1), pooling,
+            InvariantConv1x1(group, pooling.raw_out_channels(), num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from eqseg.data import normalise as norm
 from eqseg.errors import EqsegError
 from eqseg.inference import ClassicalNet, confusion_on
 from eqseg.metrics import scores
-from eqseg.models.checkpoint import ModelInfo
+from eqseg.models.checkpoint import ModelInfo, save_classical
 from eqseg.runtime import resolve_device
 from eqseg.tiling.store import TileStore
 from eqseg.utils.atomic import atomic_dir, write_json
@@ -26,7 +26,7 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
                   labels_dir: Path, out: Path, variant: str = "none", budget: int = 100) -> dict:
     """Fit on (a seeded sample of) the cell's train tiles; `variant` does not apply to a fitted method and is only
     recorded."""
-    from eqseg.train.loop import load_labels, select_train_ids, weak_metrics, write_history
+    from eqseg.train.loop import load_labels, plot_history, select_train_ids, weak_metrics, write_history
 
     t0 = time.perf_counter()
     options = dict(params.model_options(model_name))
@@ -69,11 +69,13 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
         tracking.log_params(run_config)
         tracking.log_metrics(weak_metrics(quality) | summary)
         with atomic_dir(out) as tmp:
-            write_json(tmp / "classical.json", {"info": info.model_dump(), "state": state})
+            save_classical(tmp / "model.pt", state, info)
+            write_json(tmp / "classical.json", {"info": info.model_dump(), "state": state})  # readable copy
             write_history(tmp / "history.csv", history)
+            plot_history(tmp / "curves.png", history, title=f"{dataset} / {model_name} (fitted) / {sup.name} / seed {seed}")
             (tmp / "config.json").write_text(json.dumps(run_config | {"summary": summary}, indent=2, default=str) + "\n")
             (tmp / "run.json").write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": params.mlflow.tracking_uri}) + "\n")
-        tracking.log_artifacts([out / "classical.json", out / "config.json"])
+        tracking.log_artifacts([out / "classical.json", out / "config.json", out / "curves.png"])
         tracking.end_run()
     except BaseException:
         tracking.end_run("KILLED")
