@@ -1,5 +1,6 @@
 # eqseg workflow: tile -> train -> evaluate over the grid in params.yaml (or the file given with --configfile).
-# Rules only call the `eqseg` CLI; the same commands and output paths appear in dvc.yaml.
+# Rules only call the `eqseg` CLI; the same commands and output paths appear in dvc.yaml. Every wildcard, param and
+# path in a shell command is quoted ({...:q}), every log takes the command's stdout and stderr.
 import sys
 
 from eqseg.config import load_params
@@ -15,6 +16,21 @@ try:
 except EqsegError as err:
     sys.exit(f"eqseg: error: {err}")
 
+# Names become path components: one path segment of safe characters, never "..", "/" or shell syntax.
+NAME = r"[A-Za-z0-9_][A-Za-z0-9_.+-]*"
+
+
+wildcard_constraints:
+    dataset=NAME,
+    model=NAME,
+    supervision=NAME,
+    group=NAME,
+    testset=NAME,
+    name=NAME,
+    variant=r"none|d4|consistency",
+    budget=r"\d+",
+    seed=r"\d+",
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/slides.smk"
@@ -24,6 +40,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/digits.smk"
+include: "workflow/rules/compare.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -31,3 +48,4 @@ rule all:
     input:
         rules.report.output,
         grid_outputs(paths.PREDICT),
+        compare_outputs(),

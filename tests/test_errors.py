@@ -83,7 +83,7 @@ def test_unknown_class_field(eqseg_cli, tmp_path):
     [
         ("train", "epochs", -1, ["train.epochs", "greater than 0"]),
         ("train", "epoch", 3, ["train.epoch", "unknown key"]),
-        ("train", "augment", "rot", ["train.augment", "'none' or 'd4'", "'rot'"]),
+        ("train", "augment", "d4", ["train.augment", "moved", "grid.variants"]),
         ("tile", "overlap", 64, ["tile", "overlap (64) must be smaller than size (64)"]),
         ("grid", "models", ["resnet"], ["grid.models", "'resnet'"]),
     ],

@@ -1,24 +1,49 @@
-"""End to end: the real Snakemake, DVC and MLflow on the smoke configuration, in throw-away copies of the repo."""
+"""End to end: the real Snakemake, DVC and MLflow on the smoke configuration, in throw-away copies of the repo.
+
+One Snakemake run and one DVC run (module fixtures) serve every assertion; the later tests build on the earlier
+ones (a train-param experiment, push/pull, changed data), so they run in file order.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import copy_repo, run
+from conftest import ROOT, copy_repo, run, tool_env
 
-pytestmark = pytest.mark.e2e
 SMOKE = "tests/smoke/params.yaml"
 CELLS = [(d, m, "full", 0) for d in ("cpm15_slides", "spacenet_atlanta") for m in ("unet", "p4m_unet")]
+PIPELINE_TIMEOUT = 1800  # a whole smoke run: about 2 min on 2 idle cores, much longer when they are shared
+
+# Written into a folder put on PYTHONPATH: every `eqseg` process of the DVC run records the eqseg modules it
+# imported, so the test can compare them with the code deps of its stage.
+IMPORT_TRACE = '''
+import atexit, json, os, sys
+
+def _record():
+    out = os.environ.get("EQSEG_IMPORT_TRACE")
+    if out and len(sys.argv) > 1 and os.path.basename(sys.argv[0]) == "eqseg":
+        mods = sorted(m for m in list(sys.modules) if m == "eqseg" or m.startswith("eqseg."))
+        with open(os.path.join(out, f"{os.getpid()}.json"), "w") as f:
+            json.dump({"argv": sys.argv, "modules": mods}, f)
+
+atexit.register(_record)
+'''
 
 
-def outputs(repo: Path) -> set[str]:
+MANIFEST = ".eqseg-output.json"  # what eqseg wrote into a folder (with a time stamp): in .dvcignore, never pulled
+
+
+def outputs(repo: Path, skip: set[str] = frozenset()) -> set[str]:
     """Every file the pipeline produced, minus orchestrator bookkeeping."""
-    skip = {".snakemake_timestamp", ".gitignore"}
+    skip = {".snakemake_timestamp", ".gitignore", *skip}
     return {
         str(p.relative_to(repo))
         for sub in ("tiles", "weak", "models", "eval", "predict", "digits", "report")
@@ -34,27 +59,100 @@ def set_epochs(params: Path, epochs: int) -> None:
 
 
 def job_counts(log: str) -> dict[str, int]:
+    if "Job stats:" not in log:
+        return {}
     table = log.split("Job stats:")[1].split("\n\n")[0]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def stages_run(log: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
+def metric_files(repo: Path) -> dict[str, bytes]:
+    files = [f"results/eval/{d}/{m}/{s}/seed{seed}/metrics.json" for d, m, s, seed in CELLS]
+    files += ["results/report/report.md", "results/report/miou.png", "results/digits/cnn/seed0/metrics.json"]
+    files += [f"results/models/{d}/{m}/{s}/seed{seed}/history.csv" for d, m, s, seed in CELLS]
+    return {f: (repo / f).read_bytes() for f in files}
+
+
+def change_bytes(path: Path) -> None:
+    """Change a data file's content but keep it readable: a JSON file re-indented, an image with a byte appended."""
+    if path.suffix in (".json", ".geojson"):
+        path.write_text(json.dumps(json.loads(path.read_text()), indent=1))
+    else:
+        path.write_bytes(path.read_bytes() + b"\0")
 
 
 @pytest.fixture(scope="module")
 def snake_repo(tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("snake"))
-    run(["snakemake", "--cores", "2", "--configfile", SMOKE], cwd=repo, timeout=600)
+    run(["snakemake", "--cores", "2", "--configfile", SMOKE], cwd=repo, timeout=PIPELINE_TIMEOUT)
     return repo
 
 
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory) -> Path:
-    repo = copy_repo(tmp_path_factory.mktemp("dvc"))
+    """A git + DVC copy on the smoke params, reproduced and committed (the baseline of the experiment below);
+    every eqseg process of the run records its imports in `.import-trace/` (outside the copy)."""
+    tmp = tmp_path_factory.mktemp("dvc")
+    repo = copy_repo(tmp / "repo")
+    trace, hook = tmp / "import-trace", tmp / "hook"
+    trace.mkdir()
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(IMPORT_TRACE)
     (repo / "params.yaml").write_text((repo / SMOKE).read_text())
     run(["git", "init", "-q"], cwd=repo)
     run(["dvc", "init", "-q"], cwd=repo)
-    run(["dvc", "repro"], cwd=repo, timeout=600)
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "commit", "-qm", "smoke pipeline"], cwd=repo)
+    env = tool_env()
+    env |= {"PYTHONPATH": os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")])), "EQSEG_IMPORT_TRACE": str(trace)}
+    proc = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=PIPELINE_TIMEOUT)
+    assert proc.returncode == 0, f"dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "commit", "-qm", "baseline results"], cwd=repo)
     return repo
 
 
+# --- without running a pipeline -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", SMOKE])
+def test_dvc_set_param_rewrite_keeps_the_params_file_valid(params_file, tmp_path):
+    """`dvc exp run -S` rewrites params.yaml through ruamel (dropping quotes and flow style of lists); what it
+    writes must still load, to the same values plus the override."""
+    from dvc.utils.hydra import apply_overrides
+
+    from eqseg.config import load_params
+
+    path = tmp_path / "params.yaml"
+    shutil.copy(ROOT / params_file, path)
+    before = yaml.safe_load(path.read_text())
+    apply_overrides(str(path), ["train.lr=0.0005", "train.epochs=3"])
+    after = yaml.safe_load(path.read_text())
+    before["train"].update(lr=0.0005, epochs=3)
+    assert after == before
+    assert load_params(path).train.lr == 0.0005
+
+
+def test_snakemake_rules_quote_every_placeholder_and_capture_both_streams():
+    rules = sorted((ROOT / "workflow/rules").glob("*.smk"))
+    shells = []
+    for rule_file in rules:
+        for block in re.findall(r"shell:\n((?:\s+\".*\"\n?)+)", rule_file.read_text()):
+            shells.append("".join(re.findall(r"\"(.*)\"", block)))
+    assert len(shells) >= 8, shells  # slides, tile, weak, train, evaluate, predict, digits, report, ...
+    for cmd in shells:
+        fields = re.findall(r"\{([^{}]+)\}", cmd)
+        assert fields and all(f.endswith(":q") for f in fields), cmd
+        assert cmd.endswith("> {log:q} 2>&1"), cmd
+
+
+# --- Snakemake ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
 def test_snakemake_runs_the_chain(snake_repo):
     for d, m, s, seed in CELLS:
         metrics = json.loads((snake_repo / f"results/eval/{d}/{m}/{s}/seed{seed}/metrics.json").read_text())
@@ -67,41 +165,158 @@ def test_snakemake_runs_the_chain(snake_repo):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+@pytest.mark.e2e
+def test_snakemake_logs_hold_each_jobs_output(snake_repo):
+    logs = sorted((snake_repo / "results/logs").rglob("*.log"))
+    assert len(logs) == 20  # 1 slides, 2 tile, 2 weak, 4 train, 4 evaluate, 4 predict, 2 digits, 1 report
+    empty = [str(p.relative_to(snake_repo)) for p in logs if not p.read_text().strip()]
+    assert not empty, empty
+    train_log = (snake_repo / "results/logs/train/spacenet_atlanta/unet/full/seed0.log").read_text()
+    assert "best val mIoU" in train_log  # the command's stdout, not only its log messages
+
+
+@pytest.mark.e2e
+def test_snakemake_refuses_names_outside_the_wildcard_constraints(snake_repo):
+    # without the constraints, Snakemake would schedule (and with unquoted shell commands run) each of these
+    for target in ("results/weak/cpm15_slides/full;touch INJECTED", "results/weak/cpm15_slides/.hidden",
+                   "results/models/cpm15_slides/unet/full/seedx"):
+        proc = run(["snakemake", "--cores", "1", "--configfile", SMOKE, "-n", target], cwd=snake_repo, check=False)
+        assert proc.returncode != 0, target
+        assert "MissingRuleException" in proc.stdout + proc.stderr or "No rule to produce" in proc.stdout + proc.stderr
+    assert not (snake_repo / "INJECTED").exists()
+
+
+# --- DVC ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
 def test_dvc_runs_the_chain_and_declares_metrics_and_plots(dvc_repo):
-    shown = run(["dvc", "metrics", "show", "--json"], cwd=dvc_repo).stdout
-    assert "miou_macro" in shown
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=dvc_repo).stdout)
+    values = shown[""]["data"]  # "": the workspace
+    for d, m, s, seed in CELLS:
+        assert 0.0 < values[f"results/eval/{d}/{m}/{s}/seed{seed}/metrics.json"]["data"]["miou_macro"] <= 1.0
     status = run(["dvc", "status"], cwd=dvc_repo).stdout
     assert "up to date" in status
+    # bytecode that Python writes beside the sources is not a code change (.dvcignore)
+    pyc = dvc_repo / "src/eqseg/tiling/__pycache__/store.cpython-311.pyc"
+    pyc.parent.mkdir(exist_ok=True)
+    pyc.write_bytes(b"not code")
+    assert "up to date" in run(["dvc", "status"], cwd=dvc_repo).stdout
     plots = run(["dvc", "plots", "show", "--json"], cwd=dvc_repo).stdout
-    assert "confusion.png" in plots and "predictions.png" in plots
+    assert "confusion.png" in plots and "predictions.png" in plots and "miou.png" in plots
+    history = "results/models/spacenet_atlanta/unet/full/seed0/history.csv"
+    curve = json.loads(run(["dvc", "plots", "show", "--json", history], cwd=dvc_repo).stdout)["data"][history][0]
+    assert curve["content"]["encoding"]["x"]["field"] == "epoch"
+    assert len(curve["content"]["data"]["values"]) == 2 and "val_miou" in curve["content"]["data"]["values"][0]
+    # metrics, plots and the report are in the cache (results/ is git-ignored, so that is where they are kept)
+    lock = yaml.safe_load((dvc_repo / "dvc.lock").read_text())
+    hashes = {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}
+    for path in ("results/report/report.md", "results/report/miou.png", "results/digits/cnn/seed0/metrics.json",
+                 "results/eval/cpm15_slides/unet/full/seed0/metrics.json",
+                 "results/models/cpm15_slides/unet/full/seed0/history.csv"):
+        md5 = hashes[path]
+        assert (dvc_repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).is_file(), path
 
 
+@pytest.mark.e2e
+def test_dvc_stages_depend_on_the_code_their_commands_import(dvc_repo):
+    """Each stage lists (at module granularity) every eqseg module its command imported during the real run."""
+    from dvc.repo import Repo
+
+    traces = [json.loads(p.read_text()) for p in (dvc_repo.parent / "import-trace").glob("*.json")]
+    commands = {t["argv"][1] for t in traces}
+    assert {"make-slides", "tile", "weak", "train", "evaluate", "predict-dataset", "digits", "report"} <= commands
+    with Repo(str(dvc_repo)) as repo:
+        declared = {s.addressing: {str(Path(d.def_path)) for d in s.deps} for s in repo.index.stages}
+        stage_cmds = {s.addressing: s.cmd for s in repo.index.stages}
+    checked, missing = 0, {}
+    for t in traces:
+        cmd = " ".join(t["argv"][1:])
+        stage = next(name for name, c in stage_cmds.items() if c.split(" ", 1)[1] == cmd)
+        needed = set()
+        for mod in t["modules"]:
+            parts = mod.split(".")
+            if len(parts) == 1:
+                needed.add("src/eqseg/__init__.py")
+            elif (ROOT / "src/eqseg" / parts[1]).is_dir():
+                needed.add(f"src/eqseg/{parts[1]}")
+            else:
+                needed.add(f"src/eqseg/{parts[1]}.py")
+        if needed - declared[stage]:
+            missing[stage.rsplit(":", 1)[-1]] = sorted(needed - declared[stage])
+        checked += 1
+    assert not missing, f"dvc.yaml stages import but do not depend on: {missing}"
+    assert checked == len(stage_cmds)  # one traced process per stage of the smoke grid
+
+
+@pytest.mark.e2e
 def test_snakemake_and_dvc_produce_the_same_outputs(snake_repo, dvc_repo):
     a, b = outputs(snake_repo), outputs(dvc_repo)
     assert a == b and len(a) > 10
 
 
-def test_dvc_reruns_training_not_tiling_after_a_train_param_change(dvc_repo):
+@pytest.mark.e2e
+def test_dvc_experiment_with_a_train_param_shows_its_metrics(dvc_repo):
+    """`dvc exp run -S` rewrites params.yaml (the result must stay valid), re-runs train and evaluate but not
+    tiling, and `dvc exp show` / `dvc metrics diff` show the metric values of the baseline and the experiment."""
+    from eqseg.config import load_params
+
     tiles = dvc_repo / "results/tiles/cpm15_slides/images.npy"
     before = tiles.stat().st_mtime_ns
-    set_epochs(dvc_repo / "params.yaml", 1)
-    log = run(["dvc", "repro"], cwd=dvc_repo, timeout=600).stdout
-    assert "Running stage 'train@cpm15_slides-unet-full-0'" in log and "Running stage 'evaluate@cpm15_slides-p4m_unet-full-0'" in log
-    assert "Running stage 'tile@" not in log and "Running stage 'weak@" not in log
+    baseline = {c: json.loads((dvc_repo / f"results/eval/{c[0]}/{c[1]}/{c[2]}/seed{c[3]}/metrics.json").read_text())
+                for c in CELLS}
+    proc = run(["dvc", "exp", "run", "-n", "lr-small", "-S", "train.lr=0.0005", "-S", "train.epochs=1"],
+               cwd=dvc_repo, timeout=PIPELINE_TIMEOUT)
+    ran = stages_run(proc.stdout + proc.stderr)
+    assert {f"train@{d}-{m}-{s}-{seed}" for d, m, s, seed in CELLS} <= ran
+    assert {f"evaluate@{d}-{m}-{s}-{seed}" for d, m, s, seed in CELLS} <= ran
+    assert not any(r.startswith(("slides@", "tile@", "weak@", "digits@")) for r in ran), ran
     assert tiles.stat().st_mtime_ns == before
+    assert load_params(dvc_repo / "params.yaml").train.lr == 0.0005
+
+    rows = json.loads(run(["dvc", "exp", "show", "--json"], cwd=dvc_repo).stdout)
+    baseline_row = next(r for r in rows if r["rev"] != "workspace")
+    exp_row = next(e for e in baseline_row["experiments"] if e["name"] == "lr-small")["revs"][0]
+    for row, params_lr in ((baseline_row, 0.003), (exp_row, 0.0005)):
+        assert row["data"]["params"]["params.yaml"]["data"]["train"]["lr"] == params_lr
+    for c in CELLS:
+        path = f"results/eval/{c[0]}/{c[1]}/{c[2]}/seed{c[3]}/metrics.json"
+        now = json.loads((dvc_repo / path).read_text())
+        assert baseline_row["data"]["metrics"][path]["data"]["miou_macro"] == baseline[c]["miou_macro"]
+        assert exp_row["data"]["metrics"][path]["data"]["miou_macro"] == now["miou_macro"]
+    diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], cwd=dvc_repo).stdout)
+    path = "results/eval/spacenet_atlanta/unet/full/seed0/metrics.json"
+    assert diff[path]["miou_macro"]["old"] == baseline[CELLS[2]]["miou_macro"]
 
 
+@pytest.mark.e2e
+def test_dvc_push_then_pull_restores_metrics_plots_and_report(dvc_repo, tmp_path):
+    before_files, before = outputs(dvc_repo, {MANIFEST}), metric_files(dvc_repo)
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], cwd=dvc_repo)
+    run(["dvc", "push"], cwd=dvc_repo, timeout=PIPELINE_TIMEOUT)
+    for gone in (".dvc/cache", "results", "data/cpm15_slides"):
+        shutil.rmtree(dvc_repo / gone)
+    run(["dvc", "pull"], cwd=dvc_repo, timeout=PIPELINE_TIMEOUT)
+    assert "up to date" in run(["dvc", "status"], cwd=dvc_repo).stdout
+    assert outputs(dvc_repo, {MANIFEST}) == before_files  # every file the stages write is an output of theirs
+    assert metric_files(dvc_repo) == before
+    shown = run(["dvc", "metrics", "show", "--json"], cwd=dvc_repo).stdout
+    assert "miou_macro" in shown
+
+
+@pytest.mark.e2e
 def test_snakemake_reruns_training_not_tiling_after_a_train_param_change(snake_repo):
     tiles = snake_repo / "results/tiles/cpm15_slides/images.npy"
     before = tiles.stat().st_mtime_ns
     set_epochs(snake_repo / SMOKE, 1)
-    proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE], cwd=snake_repo, timeout=600)
+    proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE], cwd=snake_repo, timeout=PIPELINE_TIMEOUT)
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts.get("train") == len(CELLS) and counts.get("evaluate") == len(CELLS)
     assert "tile" not in counts and "weak" not in counts
     assert tiles.stat().st_mtime_ns == before
 
 
+@pytest.mark.e2e
 def test_mlflow_holds_every_run_with_params_metrics_and_artifacts(snake_repo):
     from mlflow.tracking import MlflowClient
 
@@ -122,3 +337,32 @@ def test_mlflow_holds_every_run_with_params_metrics_and_artifacts(snake_repo):
         assert 0.0 < r.data.metrics["test_miou_macro"] <= 1.0
         names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "eval")}
         assert {"model.pt", "curves.png", "eval/metrics.json", "eval/confusion.png"} <= names
+
+
+@pytest.mark.e2e
+def test_dvc_and_snakemake_rerun_tiling_when_a_data_file_changes(snake_repo, dvc_repo):
+    labels = "data/spacenet_atlanta/geotiff_labels.geojson"
+    for repo in (snake_repo, dvc_repo):
+        os.utime(repo / labels)  # a new timestamp on the same content (what a checkout does) re-runs nothing
+    proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE, "-n"], cwd=snake_repo)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    assert "up to date" in run(["dvc", "status"], cwd=dvc_repo).stdout
+
+    for repo in (snake_repo, dvc_repo):
+        change_bytes(repo / labels)
+    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout)
+    assert "tile@spacenet_atlanta" in status and "tile@cpm15_slides" not in status and "slides@cpm15_slides" not in status
+    assert {f"predict@spacenet_atlanta-{m}-full-0" for m in ("unet", "p4m_unet")} <= set(status)
+    proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE, "-n"], cwd=snake_repo)
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts.get("tile") == 1 and "slides" not in counts, counts
+    assert counts.get("predict") == 2 and counts.get("train") == 2, counts
+    assert f"Updated input files: {labels}" in proc.stdout + proc.stderr
+
+    for repo in (snake_repo, dvc_repo):
+        change_bytes(repo / "data/cpm15/images/image03.png")
+    status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout)
+    assert "slides@cpm15_slides" in status
+    proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE, "-n"], cwd=snake_repo)
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts.get("slides") == 1 and counts.get("tile") == 2, counts

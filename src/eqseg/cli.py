@@ -43,7 +43,8 @@ def check(params_path: Path) -> None:
     p = _load(params_path)
     g = p.grid
     click.echo(f"{params_path}: ok; grid {len(g.datasets)} datasets x {len(g.models)} models x "
-               f"{len(g.supervision)} supervision x {len(g.seeds)} seeds")
+               f"{len(g.supervision)} supervision x {len(g.variants)} variants x {len(g.budgets)} budgets x "
+               f"{len(g.seeds)} seeds = {len(p.cells())} trainings, {len(p.evaluations())} evaluations")
 
 
 @cli.command()
@@ -123,16 +124,28 @@ def evaluate(params_path, model_dir, tiles, out) -> None:
 
 @cli.command()
 @params_option
-@click.option("--model-a", type=click.Path(file_okay=False, path_type=Path), required=True, help="A trained model folder.")
-@click.option("--model-b", type=click.Path(file_okay=False, path_type=Path), required=True, help="Another (e.g. p4m_unet, or unet of another seed).")
-@click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), required=True, help="Tile store whose test tiles both see.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--entry", help="Name of a `compare:` entry of the params file (gives the models, tiles and output).")
+@click.option("--model-a", type=click.Path(file_okay=False, path_type=Path), help="A trained model folder.")
+@click.option("--model-b", type=click.Path(file_okay=False, path_type=Path), help="Another (e.g. p4m_unet, or unet of another seed).")
+@click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), help="Tile store whose test tiles both see.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--max-tiles", type=int, default=64, show_default=True, help="Test tiles used (a seeded sample).")
-def compare(params_path, model_a, model_b, tiles, out, max_tiles) -> None:
+def compare(params_path, entry, model_a, model_b, tiles, out, max_tiles) -> None:
     """Compare what two trained models learned: layer x layer CKA and per-layer D4 invariance (CSV and plots)."""
     from eqseg.compare.run import compare as run
 
-    s = run(_load(params_path), model_a, model_b, tiles, out, max_tiles)
+    p = _load(params_path)
+    if entry:
+        found = [c for c in p.compare if c.name == entry]
+        if not found:
+            raise EqsegError(f"params: no compare entry {entry!r} (defined: {[c.name for c in p.compare]})")
+        c = found[0]
+        model_a, model_b = Path(paths.MODEL.format(**c.cell("a"))), Path(paths.MODEL.format(**c.cell("b")))
+        tiles, out = Path(paths.TILES.format(dataset=c.dataset)), out or Path(paths.COMPARE.format(dataset=c.dataset, name=c.name))
+        max_tiles = c.max_tiles
+    if not (model_a and model_b and tiles and out):
+        raise EqsegError("compare: give --entry NAME, or --model-a, --model-b, --tiles and --out")
+    s = run(p, model_a, model_b, tiles, out, max_tiles)
     click.echo(f"{out}: CKA on {s['examples']} test tiles" + (f", mean diagonal {s['cka_diagonal_mean']:.3f}"
                                                               if s["cka_diagonal_mean"] is not None else ""))
 
@@ -172,10 +185,11 @@ def digits(params_path: Path, model_name: str, seed: int, out: Path) -> None:
 @params_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path(paths.REPORT), show_default=True)
 def report(params_path: Path, out: Path) -> None:
-    """Collect the grid's test metrics into one table (report.md, summary.csv, cells.csv) and a plot."""
-    from eqseg.report import report as run, to_markdown
+    """The study's tables and plots over the grid (report.md, cells.csv/.parquet, summary.csv, plots)."""
+    from eqseg.report import report as run
 
-    click.echo(to_markdown(run(_load(params_path), out)), nl=False)
+    run(_load(params_path), out)
+    click.echo((out / "report.md").read_text(), nl=False)
 
 
 @cli.command()

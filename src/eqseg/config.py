@@ -386,7 +386,6 @@ class TrainConfig(_Strict):
     batch_size: int = Field(8, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    augment: Literal["none", "d4"] = "d4"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     num_workers: int = Field(1, ge=0)
@@ -483,6 +482,13 @@ class MlflowConfig(_Strict):
 VARIANTS = ("none", "d4", "consistency")
 
 
+class TestOn(_Strict):
+    """Score the models trained on `dataset` also on `testset` (data from elsewhere, same classes)."""
+
+    dataset: str
+    testset: str
+
+
 class GridConfig(_Strict):
     """The experiment grid: every combination is one cell, one training, one MLflow run."""
 
@@ -495,8 +501,8 @@ class GridConfig(_Strict):
     budgets: list[int] = Field([100], min_length=1, description="label budgets in percent of the train tiles "
                                "(nested, seeded subsets: the 10 % tiles lie inside the 30 % tiles)")
     seeds: list[int] = Field([0], min_length=1)
-    test_on: dict[str, list[str]] = Field(default_factory=dict, description="also evaluate the models of a dataset "
-                                          "on these (test-only or other) datasets with the same classes")
+    test_on: list[TestOn] = Field(default_factory=list, description="also evaluate and predict the models of a "
+                                  "dataset on another (test-only or other) dataset with the same classes")
 
     @field_validator("budgets")
     @classmethod
@@ -523,6 +529,34 @@ class GridConfig(_Strict):
         return v
 
 
+class CellRef(_Strict):
+    """One trained cell of the grid, named by its axes (dataset given by the comparison)."""
+
+    model: str
+    supervision: str = "full"
+    variant: Literal["none", "d4", "consistency"] = "d4"
+    budget: int = Field(100, ge=1, le=100)
+    seed: int = 0
+
+
+class CompareConfig(_Strict):
+    """A pair of trained models whose representations `eqseg compare` puts side by side (CKA, invariance)."""
+
+    name: str
+    dataset: str
+    a: CellRef
+    b: CellRef
+    max_tiles: int = Field(64, ge=4)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(None, v)
+
+    def cell(self, which: str) -> dict:
+        return dict(dataset=self.dataset, **getattr(self, which).model_dump())
+
+
 class WeakConfig(_Strict):
     """Weak-label generation: options per kind, options per expansion method, and the seed (labels are data)."""
 
@@ -544,6 +578,7 @@ class Params(_Strict):
     normalise: NormaliseConfig = NormaliseConfig()
     mlflow: MlflowConfig = MlflowConfig()
     grid: GridConfig
+    compare: list[CompareConfig] = Field(default_factory=list, description="pairs of trained cells to compare")
 
     @model_validator(mode="after")
     def _grid_refers_to_known_names(self):
@@ -556,15 +591,15 @@ class Params(_Strict):
         for name in self.grid.datasets:
             if name not in self.datasets:
                 raise ValueError(f"grid.datasets: unknown dataset {name!r} (defined: {sorted(self.datasets)})")
-        for name, others in self.grid.test_on.items():
+        for i, pair in enumerate(self.grid.test_on):
+            name, other = pair.dataset, pair.testset
             if name not in self.grid.datasets:
-                raise ValueError(f"grid.test_on: {name!r} is not a dataset of grid.datasets (its models are trained there)")
-            for other in others:
-                if other not in self.datasets:
-                    raise ValueError(f"grid.test_on.{name}: unknown dataset {other!r} (defined: {sorted(self.datasets)})")
-                if list(self.datasets[other].classes) != list(self.datasets[name].classes):
-                    raise ValueError(f"grid.test_on.{name}: {other!r} has classes {list(self.datasets[other].classes)}, "
-                                     f"the models of {name!r} predict {list(self.datasets[name].classes)}")
+                raise ValueError(f"grid.test_on[{i}]: {name!r} is not a dataset of grid.datasets (its models are trained there)")
+            if other not in self.datasets or other == name:
+                raise ValueError(f"grid.test_on[{i}]: testset {other!r} must be another defined dataset (defined: {sorted(self.datasets)})")
+            if list(self.datasets[other].classes) != list(self.datasets[name].classes):
+                raise ValueError(f"grid.test_on[{i}]: {other!r} has classes {list(self.datasets[other].classes)}, "
+                                 f"the models of {name!r} predict {list(self.datasets[name].classes)}")
         for name in self.slides:
             if not isinstance(self.datasets.get(name), SlideDataset):
                 raise ValueError(f"slides.{name}: no dataset {name!r} of kind slide (slides are built into data/{name}/ "
@@ -588,6 +623,14 @@ class Params(_Strict):
             except ValueError as err:
                 raise ValueError(f"{key}: {err}") from None
         self._check_weak_options()
+        names = [c.name for c in self.compare]
+        if len(set(names)) != len(names):
+            raise ValueError(f"compare: entry names repeat ({names})")
+        cells = {tuple(sorted(c.items())) for c in self.cells()}
+        for i, c in enumerate(self.compare):
+            for which in ("a", "b"):
+                if tuple(sorted(c.cell(which).items())) not in cells:
+                    raise ValueError(f"compare[{i}] ({c.name}).{which}: {c.cell(which)} is not a cell of the grid")
         return self
 
     def _check_weak_options(self) -> None:
@@ -613,7 +656,8 @@ class Params(_Strict):
 
     def evaluations(self) -> list[dict]:
         """Every (trained cell, test set) pair: the cell's own dataset, then its grid.test_on datasets."""
-        return [c | {"testset": t} for c in self.cells() for t in [c["dataset"], *self.grid.test_on.get(c["dataset"], [])]]
+        return [c | {"testset": t} for c in self.cells()
+                for t in [c["dataset"], *(p.testset for p in self.grid.test_on if p.dataset == c["dataset"])]]
 
     def supervision(self, name: str) -> Supervision:
         """The parsed supervision of a command-line argument (EqsegError with one line if unknown)."""
@@ -643,6 +687,8 @@ def _format_error(source: str, err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; allowed keys are documented in params.yaml)"
+        if tuple(first["loc"]) == ("train", "augment"):
+            msg = "moved: augmentation is a grid axis now, grid.variants: [none, d4, consistency]"
     elif first["type"] == "literal_error":
         msg = f"{msg} (got {first.get('input')!r})"
     elif "input" in first and not isinstance(first["input"], (dict, list)):

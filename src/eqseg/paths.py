@@ -3,10 +3,15 @@
 SLIDES = "data/{group}"  # slides built from tiles are inputs of tiling, like the bundled data
 TILES = "results/tiles/{dataset}"
 WEAK = "results/weak/{dataset}/{supervision}"
-MODEL = "results/models/{dataset}/{model}/{supervision}/seed{seed}"
-EVAL = "results/eval/{dataset}/{model}/{supervision}/seed{seed}"
-EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "predictions.png")
+# one trained cell: dataset x model x supervision x variant x label budget (percent) x seed
+CELL = "{dataset}/{model}/{supervision}/{variant}/b{budget}/seed{seed}"
+MODEL = "results/models/" + CELL
+# a trained cell scored on a test set: its own dataset, or another one of grid.test_on
+EVAL = "results/eval/" + CELL + "/{testset}"
+EVAL_FILES = ("metrics.json", "inputs.json", "confusion.csv", "confusion.png", "predictions.png")
 REPORT = "results/report"
-REPORT_FILES = ("report.md", "summary.csv", "cells.csv", "miou.png")
+REPORT_FILES = ("report.md", "summary.csv", "cells.csv", "cells.parquet", "miou.png", "budget.png", "external.png",
+                "equivariance.png")
 DIGITS = "results/digits/{model}/seed{seed}"
-PREDICT = "results/predict/{dataset}/{model}/{supervision}/seed{seed}"
+PREDICT = "results/predict/" + CELL + "/{testset}"
+COMPARE = "results/compare/{dataset}/{name}"

@@ -1,4 +1,11 @@
-"""`eqseg report`: one table (and a plot) over every evaluated cell of the grid, averaged over seeds."""
+"""`eqseg report`: the study's answer as tables and plots over every evaluated cell of the grid.
+
+Outputs in `results/report/`: `cells.csv` and `cells.parquet` (tidy: one row per trained cell and test set, every
+metric), `summary.csv` (per cell over seeds: mean, std, n, and for every model the paired difference to the `unet`
+of the same cell with its 95 % t interval), `report.md`, and plots with labelled axes: `miou.png` (test mIoU per
+model, variant and supervision), `budget.png` (mIoU against label budget), `external.png` (scores on other test
+sets, when grid.test_on is set), `equivariance.png` (rotation and reflection error per model).
+"""
 
 from __future__ import annotations
 
@@ -11,91 +18,150 @@ import pandas as pd
 from eqseg import paths
 from eqseg.config import Params
 from eqseg.errors import EqsegError
+from eqseg.stats import summarise as paired_summary
 from eqseg.utils.atomic import atomic_dir
 
-KEYS = ("dataset", "model", "supervision", "seed")
+KEYS = ("dataset", "testset", "model", "supervision", "variant", "budget", "seed")
+HEADLINE = ("miou_macro", "iou_micro", "tta_miou_macro", "ap_macro", "dice_macro")
 
 
 def collect(params: Params, root: Path = Path(".")) -> pd.DataFrame:
-    """One row per grid cell: test metrics from evaluate, size and cost from train."""
-    g = params.grid
+    """One row per (trained cell, test set): test metrics from evaluate, size and cost from train."""
     rows = []
-    for d in g.datasets:
-        for m in g.models:
-            for s in g.supervision:
-                for seed in g.seeds:
-                    cell = dict(dataset=d, model=m, supervision=s, seed=seed)
-                    metrics_file = root / paths.EVAL.format(**cell) / "metrics.json"
-                    if not metrics_file.is_file():
-                        raise EqsegError(f"{metrics_file}: missing; run evaluate for {d}/{m}/{s}/seed{seed} first")
-                    row = cell | json.loads(metrics_file.read_text())
-                    config = root / paths.MODEL.format(**cell) / "config.json"
-                    if config.is_file():
-                        summary = json.loads(config.read_text()).get("summary", {})
-                        row |= {k: summary.get(k) for k in ("n_params", "macs_per_tile", "train_seconds", "best_epoch")}
-                    rows.append(row)
+    for cell in params.evaluations():
+        metrics_file = root / paths.EVAL.format(**cell) / "metrics.json"
+        if not metrics_file.is_file():
+            raise EqsegError(f"{metrics_file}: missing; run evaluate for this cell first")
+        row = dict(cell) | json.loads(metrics_file.read_text())
+        config = root / paths.MODEL.format(**cell) / "config.json"
+        if config.is_file():
+            summary = json.loads(config.read_text()).get("summary", {})
+            row |= {k: summary.get(k) for k in ("n_params", "macs_per_tile", "train_seconds", "best_epoch")}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of each (dataset, model, supervision)."""
-    metric_cols = [c for c in table.columns if c.startswith(("miou", "iou", "pixel_acc"))]
-    group = table.groupby(["dataset", "model", "supervision"], sort=False)
-    out = group[metric_cols].mean()
-    out["miou_macro_std"] = group["miou_macro"].std(ddof=0)
-    out["seeds"] = group.size()
-    for col in ("n_params", "macs_per_tile"):
-        if col in table:
-            out[col] = group[col].first()
-    for col in ("equivariance_error_rotations", "equivariance_error_reflections", "equivariance_error_max"):
-        if col in table:
-            out[col] = group[col].mean()
-    if "normalise" in table:
-        out["normalise"] = group["normalise"].first()
+def summarise(table: pd.DataFrame, baseline: str = "unet") -> pd.DataFrame:
+    """Long summary over seeds (eqseg.stats.summarise) of the headline metrics and the equivariance errors."""
+    metrics = [c for c in (*HEADLINE, "equivariance_error_rotations", "equivariance_error_reflections") if c in table]
+    keyed = table[[c for c in KEYS if c in table] + metrics]
+    return paired_summary(keyed.rename(columns={"testset": "test_set"}), metrics=metrics, baseline=baseline)
+
+
+def wide(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary pivoted to one row per cell: <metric>, <metric>_std, <metric>_diff(_lo/_hi), n."""
+    keys = [c for c in summary.columns if c in ("dataset", "test_set", "model", "supervision", "variant", "budget")]
+    out = summary.set_index([*keys, "metric"])[["mean", "std", "diff", "diff_lo", "diff_hi", "n"]].unstack("metric")
+    out.columns = [m if stat == "mean" else f"{m}_{stat}" for stat, m in out.columns]
     return out.reset_index()
 
 
-def to_markdown(summary: pd.DataFrame) -> str:
-    lines = [
-        "| dataset | model | supervision | test mIoU (macro) | micro IoU | pixel acc. | params | MACs/tile | "
-        "equiv. error, rotations | equiv. error, reflections | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def _fmt(v, digits: int = 3) -> str:
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
 
-    def sci(r, col: str) -> str:
-        v = getattr(r, col, None)
-        return f"{v:.1e}" if v is not None and pd.notna(v) else "-"
 
-    for r in summary.itertuples(index=False):
-        std = f" ± {r.miou_macro_std:.3f}" if r.seeds > 1 else ""
-        params = f"{int(r.n_params):,}" if "n_params" in summary and pd.notna(r.n_params) else "-"
-        macs = f"{r.macs_per_tile / 1e9:.2f} G" if "macs_per_tile" in summary and pd.notna(r.macs_per_tile) else "-"
-        lines.append(f"| {r.dataset} | {r.model} | {r.supervision} | {r.miou_macro:.3f}{std} | {r.iou_micro:.3f} | "
-                     f"{r.pixel_accuracy:.3f} | {params} | {macs} | {sci(r, 'equivariance_error_rotations')} | "
-                     f"{sci(r, 'equivariance_error_reflections')} | {r.seeds} |")
+def to_markdown(w: pd.DataFrame, table: pd.DataFrame) -> str:
+    """The main table: one row per cell, mean ± std over seeds, the paired difference to unet with its interval."""
+    size = table.groupby("model")[["n_params", "macs_per_tile"]].first() if "n_params" in table else None
+    lines = ["| dataset | test set | model | variant | supervision | budget | test mIoU | Δ vs unet [95 % CI] | "
+             "TTA mIoU | AP (macro) | equiv. err. rot / refl | params | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in w.to_dict("records"):
+        n = int(r.get("miou_macro_n", 0) or 0)
+        std = f" ± {_fmt(r.get('miou_macro_std'))}" if n > 1 else ""
+        diff = r.get("miou_macro_diff")
+        delta = "-" if diff is None or not np.isfinite(diff) else (
+            f"{diff:+.3f} [{_fmt(r.get('miou_macro_diff_lo'))}, {_fmt(r.get('miou_macro_diff_hi'))}]" if n > 1 else f"{diff:+.3f}")
+        equiv = f"{r.get('equivariance_error_rotations', np.nan):.1e} / {r.get('equivariance_error_reflections', np.nan):.1e}"
+        params = "-"
+        if size is not None and r["model"] in size.index and pd.notna(size.loc[r["model"], "n_params"]):
+            params = f"{int(size.loc[r['model'], 'n_params']):,}"
+        lines.append(f"| {r['dataset']} | {r['test_set']} | {r['model']} | {r['variant']} | {r['supervision']} | "
+                     f"{int(r['budget'])} % | {_fmt(r.get('miou_macro'))}{std} | {delta} | {_fmt(r.get('tta_miou_macro'))} | "
+                     f"{_fmt(r.get('ap_macro'))} | {equiv} | {params} | {n} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: pd.DataFrame, path: Path) -> None:
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.dataset}\n{r.supervision}" for r in summary.drop_duplicates(["dataset", "supervision"]).itertuples()]
-    models = list(dict.fromkeys(summary.model))
-    x = np.arange(len(labels))
-    width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(labels) + 1), 3.2), dpi=110)
-    for i, m in enumerate(models):
-        sub = summary[summary.model == m].set_index(["dataset", "supervision"])
-        vals = [sub.miou_macro.get((lab.split("\n")[0], lab.split("\n")[1]), np.nan) for lab in labels]
-        errs = [sub.miou_macro_std.get((lab.split("\n")[0], lab.split("\n")[1]), 0) for lab in labels]
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=errs, label=m)
-    ax.set_xticks(x, labels, fontsize=8)
+    return plt
+
+
+def plot_miou(w: pd.DataFrame, path: Path) -> None:
+    """Test mIoU (mean, std over seeds) per model and variant, one panel per dataset, full budget, in-domain."""
+    plt = _plt()
+    sub = w[(w.dataset == w.test_set) & (w.budget == w.budget.max())]
+    datasets = list(dict.fromkeys(sub.dataset))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), dpi=110, squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        part = sub[sub.dataset == d]
+        labels = [f"{r.model}\n{r.variant}\n{r.supervision}" for r in part.itertuples()]
+        ax.bar(range(len(part)), part.miou_macro, yerr=part.get("miou_macro_std", 0).fillna(0), color="tab:blue", alpha=0.8)
+        ax.set_xticks(range(len(part)), labels, fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("test mIoU (macro), mean ± std over seeds")
+        ax.set_title(d, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_budget(w: pd.DataFrame, path: Path) -> None:
+    """Sample-efficiency curves: mIoU against the label budget per model and variant (paired nested subsets)."""
+    plt = _plt()
+    sub = w[w.dataset == w.test_set]
+    panels = list(dict.fromkeys(zip(sub.dataset, sub.supervision)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), dpi=110, squeeze=False)
+    for ax, (d, s) in zip(axes[0], panels):
+        part = sub[(sub.dataset == d) & (sub.supervision == s)]
+        for (m, v), line in part.groupby(["model", "variant"], sort=False):
+            line = line.sort_values("budget")
+            ax.errorbar(line.budget, line.miou_macro, yerr=line.get("miou_macro_std", 0).fillna(0), marker="o",
+                        capsize=3, label=f"{m} ({v})")
+        ax.set_xscale("log")
+        ax.set_xlabel("label budget (% of train tiles)")
+        ax.set_ylabel("test mIoU (macro)")
+        ax.set_title(f"{d} / {s}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_external(w: pd.DataFrame, path: Path) -> None:
+    """In-domain against other test sets, per model and variant (full budget)."""
+    plt = _plt()
+    sub = w[w.budget == w.budget.max()]
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
+    for i, ((d, t), part) in enumerate(sub.groupby(["dataset", "test_set"], sort=False)):
+        labels = [f"{r.model}/{r.variant}" for r in part.itertuples()]
+        x = np.arange(len(part)) + i * 0.25
+        ax.bar(x, part.miou_macro, 0.25, label=f"trained on {d}, tested on {t}")
+        ax.set_xticks(np.arange(len(part)), labels, fontsize=7)
     ax.set_ylabel("test mIoU (macro)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_equivariance(table: pd.DataFrame, path: Path) -> None:
+    """Relative equivariance error of the logits for rotations and for reflections, per model (log scale)."""
+    plt = _plt()
+    sub = table.groupby("model", sort=False)[["equivariance_error_rotations", "equivariance_error_reflections"]].median()
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+    x = np.arange(len(sub))
+    ax.bar(x - 0.2, sub.equivariance_error_rotations.clip(lower=1e-9), 0.4, label="rotations (max over r1-r3)")
+    ax.bar(x + 0.2, sub.equivariance_error_reflections.clip(lower=1e-9), 0.4, label="reflections (max over m, mr1-mr3)")
+    ax.set_yscale("log")
+    ax.set_xticks(x, sub.index, fontsize=8)
+    ax.set_ylabel("max |f(g·x) - g·f(x)| / max |f(x)|")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -121,14 +187,20 @@ def digits_table(params: Params, root: Path = Path(".")) -> str:
 def report(params: Params, out: Path) -> pd.DataFrame:
     table = collect(params)
     summary = summarise(table)
+    w = wide(summary)
     modes = ", ".join(sorted(set(table["normalise"]))) if "normalise" in table else "train"
-    text = (f"# eqseg report\n\n## Segmentation\n\nTest split, mean over seeds; inputs normalised with: {modes}.\n\n"
-            + to_markdown(summary))
+    text = ("# eqseg report\n\n## Segmentation\n\nDense test labels; mean ± std over seeds; Δ = paired difference to the "
+            f"unet of the same cell (per seed), 95 % t interval over seeds. Inputs normalised with: {modes}.\n\n"
+            + to_markdown(w, table))
     if params.digits.models:
         text += "\n## Rotated digits\n\nTrained on upright MNIST digits; accuracy on the test digits as rotated.\n\n" + digits_table(params)
     with atomic_dir(out) as tmp:
         table.to_csv(tmp / "cells.csv", index=False)
+        table.to_parquet(tmp / "cells.parquet", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
         (tmp / "report.md").write_text(text)
-        plot(summary, tmp / "miou.png")
-    return summary
+        plot_miou(w, tmp / "miou.png")
+        plot_budget(w, tmp / "budget.png")
+        plot_external(w, tmp / "external.png")
+        plot_equivariance(table, tmp / "equivariance.png")
+    return w

@@ -1,4 +1,6 @@
 rule digits:
+    input:
+        DIGITS_DATA,
     output:
         paths.DIGITS + "/metrics.json",
     params:
@@ -8,4 +10,5 @@ rule digits:
         "results/logs/digits/{model}/seed{seed}.log",
     threads: 1
     shell:
-        "eqseg digits --params {PARAMS_FILE} --model {wildcards.model} --seed {wildcards.seed} --out {params.out} 2> {log}"
+        "eqseg digits --params {PARAMS_FILE:q} --model {wildcards.model:q} --seed {wildcards.seed:q}"
+        " --out {params.out:q} > {log:q} 2>&1"

@@ -1,14 +1,15 @@
 rule predict:
     input:
         model=paths.MODEL,
-        tiles=paths.TILES,
+        tiles=lambda w: paths.TILES.format(dataset=w.testset),
+        data=lambda w: dataset_files(w.testset),  # the whole scenes and slides it predicts and scores
     output:
         directory(paths.PREDICT),
     params:
-        cfg=lambda w: section(P.predict),
+        cfg=lambda w: section(P.predict, P.normalise),
     log:
-        "results/logs/predict/{dataset}/{model}/{supervision}/seed{seed}.log",
+        "results/logs/predict/" + paths.CELL + "/{testset}.log",
     threads: 2
     shell:
-        "eqseg predict-dataset --params {PARAMS_FILE} --model-dir {input.model} --dataset {wildcards.dataset}"
-        " --tiles {input.tiles} --out {output} 2> {log}"
+        "eqseg predict-dataset --params {PARAMS_FILE:q} --model-dir {input.model:q} --dataset {wildcards.testset:q}"
+        " --tiles {input.tiles:q} --out {output:q} > {log:q} 2>&1"

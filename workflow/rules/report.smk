@@ -7,4 +7,4 @@ rule report:
     log:
         "results/logs/report.log",
     shell:
-        "eqseg report --params {PARAMS_FILE} --out {paths.REPORT} > {log} 2>&1"
+        "eqseg report --params {PARAMS_FILE:q} --out {paths.REPORT:q} > {log:q} 2>&1"

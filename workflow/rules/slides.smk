@@ -6,7 +6,7 @@ if P.slides:
 
     rule slides:
         input:
-            lambda w: [P.slides[w.group].images, P.slides[w.group].masks],
+            lambda w: slide_tiles(w.group),
         output:
             directory(paths.SLIDES),
         params:
@@ -16,4 +16,4 @@ if P.slides:
         log:
             "results/logs/slides/{group}.log",
         shell:
-            "eqseg make-slides {wildcards.group} --params {PARAMS_FILE} --out {output} 2> {log}"
+            "eqseg make-slides {wildcards.group:q} --params {PARAMS_FILE:q} --out {output:q} > {log:q} 2>&1"

@@ -1,6 +1,6 @@
 rule tile:
     input:
-        lambda w: [paths.SLIDES.format(group=w.dataset)] if w.dataset in P.slides else [],
+        lambda w: dataset_files(w.dataset),
     output:
         directory(paths.TILES),
     params:
@@ -8,4 +8,4 @@ rule tile:
     log:
         "results/logs/tile/{dataset}.log",
     shell:
-        "eqseg tile {wildcards.dataset} --params {PARAMS_FILE} --out {output} 2> {log}"
+        "eqseg tile {wildcards.dataset:q} --params {PARAMS_FILE:q} --out {output:q} > {log:q} 2>&1"

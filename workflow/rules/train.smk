@@ -5,11 +5,12 @@ rule train:
     output:
         directory(paths.MODEL),
     params:
-        cfg=lambda w: section(P.train, P.model_options(w.model), P.mlflow),
+        cfg=lambda w: section(P.train, P.model_options(w.model), P.normalise, P.mlflow),
     log:
-        "results/logs/train/{dataset}/{model}/{supervision}/seed{seed}.log",
+        "results/logs/train/" + paths.CELL + ".log",
     threads: 2
     shell:
-        "eqseg train --params {PARAMS_FILE} --dataset {wildcards.dataset} --model {wildcards.model}"
-        " --supervision {wildcards.supervision} --seed {wildcards.seed} --tiles {input.tiles} --labels {input.labels}"
-        " --out {output} 2> {log}"
+        "eqseg train --params {PARAMS_FILE:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q}"
+        " --supervision {wildcards.supervision:q} --variant {wildcards.variant:q} --budget {wildcards.budget:q}"
+        " --seed {wildcards.seed:q} --tiles {input.tiles:q}"
+        " --labels {input.labels:q} --out {output:q} > {log:q} 2>&1"

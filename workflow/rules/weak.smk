@@ -8,4 +8,5 @@ rule weak:
     log:
         "results/logs/weak/{dataset}/{supervision}.log",
     shell:
-        "eqseg weak {wildcards.dataset} {wildcards.supervision} --params {PARAMS_FILE} --tiles {input.tiles} --out {output} 2> {log}"
+        "eqseg weak {wildcards.dataset:q} {wildcards.supervision:q} --params {PARAMS_FILE:q} --tiles {input.tiles:q}"
+        " --out {output:q} > {log:q} 2>&1"

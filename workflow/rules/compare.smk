@@ -1,0 +1,13 @@
+rule compare:
+    input:
+        a=lambda w: paths.MODEL.format(**compare_entry(w).cell("a")),
+        b=lambda w: paths.MODEL.format(**compare_entry(w).cell("b")),
+        tiles=paths.TILES,
+    output:
+        directory(paths.COMPARE),
+    params:
+        cfg=lambda w: section(compare_entry(w), P.normalise, P.evaluate),
+    log:
+        "results/logs/compare/{dataset}/{name}.log",
+    shell:
+        "eqseg compare --params {PARAMS_FILE:q} --entry {wildcards.name:q} --out {output:q} > {log:q} 2>&1"
