@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from conftest import BIN, run
 from eqseg.models import build

@@ -8,8 +8,9 @@ from torch import nn
 
 from eqseg.errors import EqsegError
 from eqseg.models import available, build, count_macs, count_parameters
-from eqseg.models.gconv import GModule, GroupConv, GroupMaxPool
-from eqseg.models.groups import P4M, equivariance_errors
+from eqseg.models.gconv import GModule, GroupConv, GroupMeanMaxPool, InvariantConv1x1
+from eqseg.models.groups import P4, P4M, equivariance_errors
+from eqseg.models.gunet import GUNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "torch_seed")
 
@@ -79,7 +80,11 @@ def test_width_matching():
 def test_equal_channels_costs_the_same_macs_with_fewer_parameters():
     unet, p4m = build("unet", 3, 2, width=16), build("p4m_unet", 3, 2, width=16)
     macs_unet, macs_p4m = count_macs(unet, 3, 32), count_macs(p4m, 3, 32)
-    assert abs(macs_p4m - macs_unet) / macs_unet < 0.05  # same raw convs; the head adds one 1x1 conv
+    # same raw convs in the body; the head adds a 1x1 group conv 16 -> 16 fields x 8 raw channels, and its
+    # classifier reads 2 x 16 invariants (mean and max) instead of the unet's 16 channels: 5 % more in all
+    head = 16 * 16 * 8 + 2 * 16 * 2 - 16 * 2
+    assert macs_p4m - macs_unet == head * 32 * 32
+    assert (macs_p4m - macs_unet) / macs_unet < 0.06
     assert count_parameters(p4m) < count_parameters(unet) / 6  # weight sharing over 8 elements
 
 
@@ -112,9 +117,50 @@ def test_registered_and_trainable():
 def test_head_is_linear_before_group_pooling():
     """Pooling straight after a ReLU gives only non-negative invariants (a model collapsed to background)."""
     head = build("p4m_unet", 3, 2).head
-    assert isinstance(head[0], GroupConv) and isinstance(head[1], GroupMaxPool)
+    assert isinstance(head[0], GroupConv) and isinstance(head[1], GroupMeanMaxPool)
     x = torch.relu(torch.randn(1, 16, 4, 4))  # what the last block hands over
     torch.testing.assert_close(head[0](-x), -head[0](x))  # linear: its outputs take either sign
+
+
+@pytest.mark.parametrize("name, order", [("p4_unet", 4), ("p4m_unet", 8)])
+def test_head_gives_the_classifier_width_invariants_at_any_field_count(name, order):
+    """At the channel-matched width 16, p4m has 2 fields at full resolution: pooled as they were, the classifier
+    saw 2 invariants and the model stayed at all background (bench/README.md). The head widens to `width` fields
+    (mean and max of each) whatever the group, for a few percent of the MACs."""
+    for width in (16, 32):
+        model = build(name, 3, 2, width=width)
+        assert model.fields * order == width  # raw width of the body unchanged: width still counts raw channels
+        assert model.head[0].out_fields == width
+        classifier = model.head[-1]
+        assert isinstance(classifier, InvariantConv1x1) and classifier.in_channels == 2 * width
+
+
+@pytest.mark.parametrize("options", [dict(min_fields=4), dict(pool="max", head_fields=2)], ids=str)
+def test_measurement_variants_stay_equivariant_and_exportable(options):
+    """The constructor knobs bench/probe_group_unets.py compares (more fields at full resolution; the old head)."""
+    model = GUNet(P4M, 3, 2, DEPTH, fields=2, **options)
+    model = warmed(model, torch.float64).eval()
+    model.check_equivariance(torch.randn(2, 3, TILE, TILE, dtype=torch.float64), atol=1e-5)
+    x = torch.randn(2, 3, TILE, TILE, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.export()(x), model(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(EqsegError, match="pool must be 'max' or 'meanmax'"):
+        GUNet(P4M, 3, 2, DEPTH, fields=2, pool="mean")
+
+
+@pytest.mark.parametrize("group", [P4, P4M], ids=lambda g: g.name)
+def test_group_mean_max_pool(group):
+    x = torch.randn(2, 3 * group.order, 6, 6, dtype=torch.float64)
+    pool = GroupMeanMaxPool(group, 3)
+    y = pool(x)
+    fields = x.view(2, 3, group.order, 6, 6)
+    torch.testing.assert_close(y, torch.cat([fields.mean(2), fields.amax(2)], dim=1))
+    assert pool.raw_out_channels() == 6
+    errors = pool.check_equivariance(x, atol=1e-12)  # invariant over the group axis, equivariant in space
+    assert set(errors) == {group.element_name(g) for g in range(group.order)}
+    plain = pool.export()
+    assert not isinstance(plain, GModule)
+    torch.testing.assert_close(plain(x), y)
 
 
 def test_autocast_without_dtype_assumptions():

@@ -13,13 +13,33 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import ROOT, copy_repo, run, tool_env
 
 SMOKE = "tests/smoke/params.yaml"
+# the smoke grid: 2 datasets x 2 models, full labels, d4 augmentation, a 50 % label budget, seed 0; the
+# cpm15_slides models are also scored on cpm15 (grid.test_on)
 CELLS = [(d, m, "full", 0) for d in ("cpm15_slides", "spacenet_atlanta") for m in ("unet", "p4m_unet")]
+EXTERNAL = [("cpm15_slides", m, "full", 0, "cpm15") for m in ("unet", "p4m_unet")]
+
+
+def cell(d: str, m: str, s: str, seed: int) -> str:
+    return f"{d}/{m}/{s}/d4/b50/seed{seed}"
+
+
+def model_dir(d, m, s, seed) -> str:
+    return f"results/models/{cell(d, m, s, seed)}"
+
+
+def eval_file(d, m, s, seed, testset: str | None = None) -> str:
+    return f"results/eval/{cell(d, m, s, seed)}/{testset or d}/metrics.json"
+
+
+def stage(kind: str, d, m, s, seed) -> str:
+    return f"{kind}@{d}-{m}-{s}-d4-50-{seed}"
 PIPELINE_TIMEOUT = 1800  # a whole smoke run: about 2 min on 2 idle cores, much longer when they are shared
 
 # Written into a folder put on PYTHONPATH: every `eqseg` process of the DVC run records the eqseg modules it
@@ -70,9 +90,9 @@ def stages_run(log: str) -> set[str]:
 
 
 def metric_files(repo: Path) -> dict[str, bytes]:
-    files = [f"results/eval/{d}/{m}/{s}/seed{seed}/metrics.json" for d, m, s, seed in CELLS]
+    files = [eval_file(*c) for c in CELLS] + [eval_file(*c) for c in EXTERNAL]
     files += ["results/report/report.md", "results/report/miou.png", "results/digits/cnn/seed0/metrics.json"]
-    files += [f"results/models/{d}/{m}/{s}/seed{seed}/history.csv" for d, m, s, seed in CELLS]
+    files += [f"{model_dir(*c)}/history.csv" for c in CELLS]
     return {f: (repo / f).read_bytes() for f in files}
 
 
@@ -155,12 +175,22 @@ def test_snakemake_rules_quote_every_placeholder_and_capture_both_streams():
 @pytest.mark.e2e
 def test_snakemake_runs_the_chain(snake_repo):
     for d, m, s, seed in CELLS:
-        metrics = json.loads((snake_repo / f"results/eval/{d}/{m}/{s}/seed{seed}/metrics.json").read_text())
-        assert {"miou_macro", "iou_micro", "pixel_accuracy", "iou_background"} <= set(metrics)
-        assert 0.0 < metrics["miou_macro"] <= 1.0
+        folder = snake_repo / eval_file(d, m, s, seed)
+        metrics = json.loads(folder.read_text())
+        assert {"miou_macro", "iou_micro", "pixel_accuracy", "iou_background", "ap_macro", "tta_miou_macro"} <= set(metrics)
+        # the recorded scores are those of the confusion matrix written beside them
+        cm = np.loadtxt(folder.parent / "confusion.csv", delimiter=",")
+        ious = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))
+        assert metrics["miou_macro"] == pytest.approx(float(np.nanmean(ious)), abs=1e-12)
+        if m == "unet" and d == "cpm15_slides":  # the U-Net learned the nucleus class (not all background)
+            assert cm[:, 1].sum() > 0 and metrics["iou_nucleus"] > 0.3, metrics
         # equivariance error over D4 on test tiles: rounding only for the group-conv model, large for the U-Net
         assert (metrics["equivariance_error_max"] < 1e-4) == (m == "p4m_unet"), (m, metrics["equivariance_error_max"])
-        assert (snake_repo / f"results/models/{d}/{m}/{s}/seed{seed}/model.pt").is_file()
+        assert (snake_repo / model_dir(d, m, s, seed) / "model.pt").is_file()
+    for c in EXTERNAL:
+        assert json.loads((snake_repo / eval_file(*c)).read_text())["n_test_tiles"] > 0
+    report = (snake_repo / "results/report/report.md").read_text()
+    assert "| cpm15_slides | cpm15 |" in report and (snake_repo / "results/compare/cpm15_slides/unet_vs_p4m/cka.csv").is_file()
     again = run(["snakemake", "--cores", "2", "--configfile", SMOKE, "-n"], cwd=snake_repo)
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -168,10 +198,10 @@ def test_snakemake_runs_the_chain(snake_repo):
 @pytest.mark.e2e
 def test_snakemake_logs_hold_each_jobs_output(snake_repo):
     logs = sorted((snake_repo / "results/logs").rglob("*.log"))
-    assert len(logs) == 20  # 1 slides, 2 tile, 2 weak, 4 train, 4 evaluate, 4 predict, 2 digits, 1 report
+    assert len(logs) == 26  # 1 slides, 3 tile, 2 weak, 4 train, 6 evaluate, 6 predict, 2 digits, 1 compare, 1 report
     empty = [str(p.relative_to(snake_repo)) for p in logs if not p.read_text().strip()]
     assert not empty, empty
-    train_log = (snake_repo / "results/logs/train/spacenet_atlanta/unet/full/seed0.log").read_text()
+    train_log = (snake_repo / f"results/logs/train/{cell('spacenet_atlanta', 'unet', 'full', 0)}.log").read_text()
     assert "best val mIoU" in train_log  # the command's stdout, not only its log messages
 
 
@@ -179,7 +209,7 @@ def test_snakemake_logs_hold_each_jobs_output(snake_repo):
 def test_snakemake_refuses_names_outside_the_wildcard_constraints(snake_repo):
     # without the constraints, Snakemake would schedule (and with unquoted shell commands run) each of these
     for target in ("results/weak/cpm15_slides/full;touch INJECTED", "results/weak/cpm15_slides/.hidden",
-                   "results/models/cpm15_slides/unet/full/seedx"):
+                   "results/models/cpm15_slides/unet/full/d4/b50/seedx", "results/models/cpm15_slides/unet/full/rot/b50/seed0"):
         proc = run(["snakemake", "--cores", "1", "--configfile", SMOKE, "-n", target], cwd=snake_repo, check=False)
         assert proc.returncode != 0, target
         assert "MissingRuleException" in proc.stdout + proc.stderr or "No rule to produce" in proc.stdout + proc.stderr
@@ -193,8 +223,8 @@ def test_snakemake_refuses_names_outside_the_wildcard_constraints(snake_repo):
 def test_dvc_runs_the_chain_and_declares_metrics_and_plots(dvc_repo):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], cwd=dvc_repo).stdout)
     values = shown[""]["data"]  # "": the workspace
-    for d, m, s, seed in CELLS:
-        assert 0.0 < values[f"results/eval/{d}/{m}/{s}/seed{seed}/metrics.json"]["data"]["miou_macro"] <= 1.0
+    for c in CELLS + EXTERNAL:
+        assert 0.0 < values[eval_file(*c)]["data"]["miou_macro"] <= 1.0
     status = run(["dvc", "status"], cwd=dvc_repo).stdout
     assert "up to date" in status
     # bytecode that Python writes beside the sources is not a code change (.dvcignore)
@@ -204,7 +234,7 @@ def test_dvc_runs_the_chain_and_declares_metrics_and_plots(dvc_repo):
     assert "up to date" in run(["dvc", "status"], cwd=dvc_repo).stdout
     plots = run(["dvc", "plots", "show", "--json"], cwd=dvc_repo).stdout
     assert "confusion.png" in plots and "predictions.png" in plots and "miou.png" in plots
-    history = "results/models/spacenet_atlanta/unet/full/seed0/history.csv"
+    history = f"{model_dir('spacenet_atlanta', 'unet', 'full', 0)}/history.csv"
     curve = json.loads(run(["dvc", "plots", "show", "--json", history], cwd=dvc_repo).stdout)["data"][history][0]
     assert curve["content"]["encoding"]["x"]["field"] == "epoch"
     assert len(curve["content"]["data"]["values"]) == 2 and "val_miou" in curve["content"]["data"]["values"][0]
@@ -212,8 +242,7 @@ def test_dvc_runs_the_chain_and_declares_metrics_and_plots(dvc_repo):
     lock = yaml.safe_load((dvc_repo / "dvc.lock").read_text())
     hashes = {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}
     for path in ("results/report/report.md", "results/report/miou.png", "results/digits/cnn/seed0/metrics.json",
-                 "results/eval/cpm15_slides/unet/full/seed0/metrics.json",
-                 "results/models/cpm15_slides/unet/full/seed0/history.csv"):
+                 eval_file("cpm15_slides", "unet", "full", 0), f"{model_dir('cpm15_slides', 'unet', 'full', 0)}/history.csv"):
         md5 = hashes[path]
         assert (dvc_repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).is_file(), path
 
@@ -263,13 +292,12 @@ def test_dvc_experiment_with_a_train_param_shows_its_metrics(dvc_repo):
 
     tiles = dvc_repo / "results/tiles/cpm15_slides/images.npy"
     before = tiles.stat().st_mtime_ns
-    baseline = {c: json.loads((dvc_repo / f"results/eval/{c[0]}/{c[1]}/{c[2]}/seed{c[3]}/metrics.json").read_text())
-                for c in CELLS}
+    baseline = {c: json.loads((dvc_repo / eval_file(*c)).read_text()) for c in CELLS}
     proc = run(["dvc", "exp", "run", "-n", "lr-small", "-S", "train.lr=0.0005", "-S", "train.epochs=1"],
                cwd=dvc_repo, timeout=PIPELINE_TIMEOUT)
     ran = stages_run(proc.stdout + proc.stderr)
-    assert {f"train@{d}-{m}-{s}-{seed}" for d, m, s, seed in CELLS} <= ran
-    assert {f"evaluate@{d}-{m}-{s}-{seed}" for d, m, s, seed in CELLS} <= ran
+    assert {stage("train", *c) for c in CELLS} <= ran
+    assert {stage("evaluate", *c) for c in CELLS} <= ran
     assert not any(r.startswith(("slides@", "tile@", "weak@", "digits@")) for r in ran), ran
     assert tiles.stat().st_mtime_ns == before
     assert load_params(dvc_repo / "params.yaml").train.lr == 0.0005
@@ -280,12 +308,12 @@ def test_dvc_experiment_with_a_train_param_shows_its_metrics(dvc_repo):
     for row, params_lr in ((baseline_row, 0.003), (exp_row, 0.0005)):
         assert row["data"]["params"]["params.yaml"]["data"]["train"]["lr"] == params_lr
     for c in CELLS:
-        path = f"results/eval/{c[0]}/{c[1]}/{c[2]}/seed{c[3]}/metrics.json"
+        path = eval_file(*c)
         now = json.loads((dvc_repo / path).read_text())
         assert baseline_row["data"]["metrics"][path]["data"]["miou_macro"] == baseline[c]["miou_macro"]
         assert exp_row["data"]["metrics"][path]["data"]["miou_macro"] == now["miou_macro"]
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], cwd=dvc_repo).stdout)
-    path = "results/eval/spacenet_atlanta/unet/full/seed0/metrics.json"
+    path = eval_file("spacenet_atlanta", "unet", "full", 0)
     assert diff[path]["miou_macro"]["old"] == baseline[CELLS[2]]["miou_macro"]
 
 
@@ -311,7 +339,7 @@ def test_snakemake_reruns_training_not_tiling_after_a_train_param_change(snake_r
     set_epochs(snake_repo / SMOKE, 1)
     proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE], cwd=snake_repo, timeout=PIPELINE_TIMEOUT)
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts.get("train") == len(CELLS) and counts.get("evaluate") == len(CELLS)
+    assert counts.get("train") == len(CELLS) and counts.get("evaluate") == len(CELLS) + len(EXTERNAL)
     assert "tile" not in counts and "weak" not in counts
     assert tiles.stat().st_mtime_ns == before
 
@@ -326,10 +354,16 @@ def test_mlflow_holds_every_run_with_params_metrics_and_artifacts(snake_repo):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) >= len(CELLS)
     for d, m, s, seed in CELLS:
-        run_id = json.loads((snake_repo / f"results/models/{d}/{m}/{s}/seed{seed}/run.json").read_text())["run_id"]
+        run_id = json.loads((snake_repo / model_dir(d, m, s, seed) / "run.json").read_text())["run_id"]
         r = client.get_run(run_id)
         assert r.info.status == "FINISHED"
-        assert r.data.tags["dataset"] == d and r.data.tags["model"] == m and r.data.tags["git_commit"]
+        assert r.data.tags["dataset"] == d and r.data.tags["model"] == m and r.data.tags["variant"] == "d4"
+        assert r.data.tags["git_commit"] == "unknown"  # the test copy is not a git work tree: said, not invented
+        recorded = json.loads((snake_repo / eval_file(d, m, s, seed)).read_text())
+        assert r.data.metrics["test_miou_macro"] == recorded["miou_macro"]
+        if d == "cpm15_slides":  # the external test set's scores under their own names
+            external = json.loads((snake_repo / eval_file(d, m, s, seed, "cpm15")).read_text())
+            assert r.data.metrics["test_on_cpm15_miou_macro"] == external["miou_macro"]
         epochs = int(r.data.params["train.epochs"])
         assert r.data.params["model"] == m and "n_params" in r.data.params
         assert len(client.get_metric_history(run_id, "val_miou")) == epochs
@@ -352,7 +386,7 @@ def test_dvc_and_snakemake_rerun_tiling_when_a_data_file_changes(snake_repo, dvc
         change_bytes(repo / labels)
     status = json.loads(run(["dvc", "status", "--json"], cwd=dvc_repo).stdout)
     assert "tile@spacenet_atlanta" in status and "tile@cpm15_slides" not in status and "slides@cpm15_slides" not in status
-    assert {f"predict@spacenet_atlanta-{m}-full-0" for m in ("unet", "p4m_unet")} <= set(status)
+    assert {stage("predict", "spacenet_atlanta", m, "full", 0) for m in ("unet", "p4m_unet")} <= set(status)
     proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE, "-n"], cwd=snake_repo)
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts.get("tile") == 1 and "slides" not in counts, counts
@@ -365,4 +399,4 @@ def test_dvc_and_snakemake_rerun_tiling_when_a_data_file_changes(snake_repo, dvc
     assert "slides@cpm15_slides" in status
     proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE, "-n"], cwd=snake_repo)
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts.get("slides") == 1 and counts.get("tile") == 2, counts
+    assert counts.get("slides") == 1 and counts.get("tile") == 3, counts  # the slides, spacenet (labels) and cpm15 (pairs)

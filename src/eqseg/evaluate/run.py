@@ -56,8 +56,12 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     run_file = model_dir / "run.json"
     if run_file.is_file():  # add the test scores to the training's run, without reopening it
         run_id = json.loads(run_file.read_text())["run_id"]
-        tracking.log_to_run(params.mlflow, run_id, {f"test_{k}": v for k, v in metrics.items()},
-                            [out / "metrics.json", out / "confusion.png", out / "predictions.png"], subdir="eval",
+        # scores on another dataset (grid.test_on) get their own names, so they never overwrite the in-domain ones
+        scored = store.meta.get("dataset")
+        prefix = "test_" if scored in (None, info.dataset) else f"test_on_{scored}_"
+        tracking.log_to_run(params.mlflow, run_id, {f"{prefix}{k}": v for k, v in metrics.items()},
+                            [out / "metrics.json", out / "confusion.png", out / "predictions.png"],
+                            subdir="eval" if prefix == "test_" else f"eval_on_{scored}",
                             tags={"normalise": normaliser.mode, "adabn": str(params.normalise.adabn).lower()})
     return metrics
 

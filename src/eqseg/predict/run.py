@@ -356,22 +356,26 @@ def predict_dataset(params: Params, model_dir: Path, dataset: str, tiles: Path |
         if objects:
             pooled["objects"] = objects
         write_json(tmp / "scenes.json", {"sources": names, "pooled": pooled})
-    log_scene_metrics(params, model_dir, pooled, out_dir / "scenes.json")
+    log_scene_metrics(params, model_dir, pooled, out_dir / "scenes.json", dataset)
     return {"sources": names, "pooled": pooled}
 
 
-def log_scene_metrics(params: Params, model_dir: Path, pooled: dict, scenes_json: Path) -> None:
+def log_scene_metrics(params: Params, model_dir: Path, pooled: dict, scenes_json: Path, dataset: str) -> None:
     """The stitched-scene scores join the training's MLflow run (scene_* over every pixel once, stitched_test_*
-    over the test tiles' footprints)."""
+    over the test tiles' footprints; on_<dataset>_ before them for another dataset than the model's)."""
     import json
 
     from eqseg import tracking
 
     run_file = model_dir / "run.json"
+    config = model_dir / "config.json"
     if not run_file.is_file():
         return
-    metrics = {f"scene_{k}": v for k, v in pooled.get("scene", {}).items()}
-    metrics |= {f"stitched_test_{k}": v for k, v in pooled.get("test", {}).items()}
+    own = json.loads(config.read_text()).get("dataset") if config.is_file() else dataset
+    on = "" if own == dataset else f"on_{dataset}_"
+    metrics = {f"{on}scene_{k}": v for k, v in pooled.get("scene", {}).items()}
+    metrics |= {f"{on}stitched_test_{k}": v for k, v in pooled.get("test", {}).items()}
     for cls, obj in pooled.get("objects", {}).items():
-        metrics |= {f"scene_{k}_{cls}": v for k, v in obj.items()}
-    tracking.log_to_run(params.mlflow, json.loads(run_file.read_text())["run_id"], metrics, [scenes_json], subdir="predict")
+        metrics |= {f"{on}scene_{k}_{cls}": v for k, v in obj.items()}
+    tracking.log_to_run(params.mlflow, json.loads(run_file.read_text())["run_id"], metrics, [scenes_json],
+                        subdir="predict" if not on else f"predict_{on.rstrip('_')}")
