@@ -34,8 +34,8 @@ def test_snakemake_slurm_profile_runs_the_chain(slurm_env, tmp_path):
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-5000:]
     log = proc.stdout + proc.stderr
-    metrics = json.loads((repo / "results/eval/cpm15_slides/unet/full/seed0/metrics.json").read_text())
-    assert metrics["iou_nucleus"] > 0.2, metrics  # the model learned the nucleus class, not all background
+    metrics = json.loads((repo / "results/eval/cpm15_slides/unet/full/d4/b50/seed0/cpm15_slides/metrics.json").read_text())
+    assert metrics["iou_nucleus"] > 0.15, metrics  # learned nuclei, not all background (0.27 measured with 2 epochs)
     assert (repo / "results/report/report.md").is_file()
     # every job but the local `all` really went through sbatch: exactly as many submissions as jobs in the plan
     planned = job_counts(log)
