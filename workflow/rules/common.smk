@@ -54,6 +54,11 @@ def dataset_files(name):
     if name in P.slides:
         return [paths.SLIDES.format(group=name)]
     cfg = P.dataset(name)
+    if cfg.kind == "slide":  # slides built by the `slides` rule are its output folder, whatever the dataset's name
+        built = [paths.SLIDES.format(group=g) for g in P.slides]
+        owners = {b for s in cfg.slides for b in built if Path(s.image).is_relative_to(b)}
+        if owners:
+            return sorted(owners)
     if cfg.kind == "pairs":
         return _pairs(cfg.images, cfg.masks, cfg.mask_suffix)
     files = []
