@@ -177,8 +177,12 @@ class MlflowObserver(Observer):
 
 def run_epochs(model, net, ds, store, val_ids, loss_fn, optimiser, scheduler, scaler, device, amp, cfg, seed,
                state: dict, ckpt: Checkpoint, observer: Observer, world: ddp.World, val_normaliser, batch_size: int) -> None:
-    """Train from state['epoch'] to cfg.epochs; rank 0 validates, keeps the best weights and checkpoints each epoch."""
-    for epoch in range(state["epoch"], cfg.epochs):
+    """Train from state['epoch'] to cfg.epochs; rank 0 validates, keeps the best weights and checkpoints each epoch.
+    A progress bar over epochs shows in a terminal (rank 0), none in logs."""
+    from tqdm import tqdm
+
+    for epoch in tqdm(range(state["epoch"], cfg.epochs), desc="train", unit="epoch", initial=state["epoch"],
+                      total=cfg.epochs, disable=None if world.main else True, leave=False):
         t0 = time.perf_counter()
         loader = make_loader(ds, cfg.batch_size, epoch, seed, cfg.num_workers, device.type == "cuda", cfg.tiles_per_epoch, world)
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)  # CPU: draws which D4 element to test

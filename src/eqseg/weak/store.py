@@ -69,7 +69,10 @@ def make_weak_labels(
 
     labels = np.empty((train_ids.size, *masks.shape[1:]), dtype=np.uint8)
     weak_counts, expanded_counts, effort = np.zeros(3, np.int64), np.zeros(3, np.int64), 0
-    for row, t in enumerate(train_ids):
+    from tqdm import tqdm
+
+    # a progress bar in a terminal, none in logs (disable=None: off when stderr is not a TTY)
+    for row, t in enumerate(tqdm(train_ids, desc=f"weak {kind}", unit="tile", disable=None, leave=False)):
         mask = np.asarray(masks[t])
         weak, tile_effort = annotate(mask, kind, np.random.default_rng((seed, int(t))), **options)
         effort += tile_effort
