@@ -37,7 +37,7 @@ def test_loading_params_imports_neither_torch_nor_the_domain(root):
 
 def test_import_layers():
     grimp = pytest.importorskip("grimp")
-    graph = grimp.build_graph("eqseg")
+    graph = grimp.build_graph("eqseg", cache_dir=None)
     present = {m.split(".")[1] for m in graph.modules if m.count(".") >= 1}
     layers = [grimp.Layer(*(name for name in layer if name in present), independent="tiling" not in layer)
               for layer in LAYERS]
@@ -51,7 +51,7 @@ def test_import_layers():
 
 def test_models_import_nothing_of_the_pipeline():
     grimp = pytest.importorskip("grimp")
-    graph = grimp.build_graph("eqseg")
+    graph = grimp.build_graph("eqseg", cache_dir=None)
     outside = {d for m in graph.find_descendants("eqseg.models") | {"eqseg.models"}
                for d in graph.find_modules_directly_imported_by(m)
                if d.startswith("eqseg.") and not d.startswith("eqseg.models") and d != "eqseg.errors"}
