@@ -68,6 +68,7 @@ def ma_entry(labels: Path = MA_LABELS) -> dict:
 def make_params(**datasets):
     p = yaml.safe_load((ROOT / "tests" / "smoke" / "params.yaml").read_text())
     p.pop("slides")
+    p["grid"]["test_on"], p["compare"] = [], []  # smoke extras that name its datasets
     p["datasets"] = datasets
     p["grid"]["datasets"] = list(datasets)
     p["tile"] = {"size": TILE, "overlap": 0, "min_valid_fraction": 0.05}

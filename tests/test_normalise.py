@@ -37,6 +37,7 @@ def crop_pairs(folder: Path, names: list[str], size: int, darken: dict[str, floa
 def params_for(tmp: Path, folder: Path, mode: str, adabn: bool = False):
     p = yaml.safe_load((Path(__file__).parent / "smoke" / "params.yaml").read_text())
     p.pop("slides")
+    p["grid"]["test_on"], p["compare"] = [], []  # smoke extras that name its datasets
     p["datasets"] = {"crops": dict(kind="pairs", images=str(folder / "images"), masks=str(folder / "masks"),
                                    mask_suffix="_mask", mask_mode="instances", classes=["background", "nucleus"],
                                    split={"by": "source", "fractions": {"train": 0.34, "val": 0.33, "test": 0.33}})}

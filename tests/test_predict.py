@@ -389,6 +389,7 @@ def test_predict_cli_writes_map_and_metrics_and_refuses_truncated_rasters(tmp_pa
     save_model(model_dir / "model.pt", tiny_unet(1), info(1))
     params = yaml.safe_load((root / "tests/smoke/params.yaml").read_text())
     params.pop("slides")
+    params["grid"]["test_on"], params["compare"] = [], []  # smoke extras that name its datasets
     params["datasets"] = {"sn": {"kind": "geotiff", "classes": ["background", "building"],
                                  "scenes": [{"raster": str(SPACENET / "sample_geotiff.tif"), "labels": str(SPACENET / "geotiff_labels.geojson")}]}}
     params["grid"]["datasets"] = ["sn"]
@@ -422,6 +423,7 @@ def test_prediction_sources_are_the_test_sources_of_the_store(tmp_path, root):
         shutil.copy(root / f"data/cpm15/masks/image{n}_mask.png", masks)
     raw = yaml.safe_load((root / "tests/smoke/params.yaml").read_text())
     raw.pop("slides")
+    raw["grid"]["test_on"], raw["compare"] = [], []  # smoke extras that name its datasets
     raw["datasets"] = {"cpm": {"kind": "pairs", "images": str(images), "masks": str(masks), "mask_suffix": "_mask",
                                "mask_mode": "instances", "classes": ["background", "nucleus"],
                                "split": {"by": "source", "fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 4}}}
