@@ -21,6 +21,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from eqseg.errors import EqsegError
+from eqseg.tiling.store import band_moments as moments  # the tile store's own, so both agree
 
 MODES = ("train", "dataset", "image")
 Mode = Literal["train", "dataset", "image"]
@@ -31,14 +32,6 @@ def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     mean = np.asarray(mean, dtype=np.float32)[:, None, None]
     inv_std = (1.0 / np.asarray(std, dtype=np.float32))[:, None, None]
     return (np.asarray(images, dtype=np.float32) - mean) * inv_std
-
-
-def moments(sums: np.ndarray) -> tuple[list[float], list[float]]:
-    """Mean and standard deviation per band from (3, C) sums of count, x and x²."""
-    cnt = max(float(sums[0].max()), 1.0)
-    mean = sums[1] / cnt
-    std = np.sqrt(np.maximum(sums[2] / cnt - mean**2, 0)) + 1e-6
-    return mean.tolist(), std.tolist()
 
 
 def pixel_sums(images: np.ndarray, valid: np.ndarray | None = None, step: int = 2) -> np.ndarray:

@@ -207,17 +207,22 @@ def check_outputs_apart(outputs: dict[str, str | Path | None], inputs: dict[str,
 
 
 # --------------------------------------------------------------------------------------------- atomic outputs
+def _prepare_parent(target: Path) -> None:
+    """Create the output's folder (one line if impossible) and remove dead jobs' leftovers of this output."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EqsegError(f"{target.parent}: cannot create the output folder ({err.strerror})") from None
+    remove_leftovers(target)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder next to `target`; on success it gets a manifest and replaces `target`, on
     error it is removed. Refuses (EqsegError, before the body runs) to replace a folder eqseg did not write."""
     target = Path(target)
     check_replaceable(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise EqsegError(f"{target.parent}: cannot create the output folder ({err.strerror})") from None
-    remove_leftovers(target)
+    _prepare_parent(target)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target, "tmp"), dir=target.parent))
     except OSError as err:
@@ -250,11 +255,7 @@ def atomic_file(target: str | Path, suffix: str = "") -> Iterator[Path]:
     if target.is_dir():
         raise EqsegError(f"{target}: is a folder, but a file is to be written there; it will not be replaced "
                          "(move it or choose another path)")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise EqsegError(f"{target.parent}: cannot create the output folder ({err.strerror})") from None
-    remove_leftovers(target)
+    _prepare_parent(target)
     try:
         fd, name = tempfile.mkstemp(prefix=_tmp_prefix(target, "tmp"), suffix=suffix or target.suffix, dir=target.parent)
     except OSError as err:
