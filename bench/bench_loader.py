@@ -61,7 +61,7 @@ def main() -> None:
         store = TileStore(Path(tmp) / "tiles")
         ds = TileDataset(store, store.ids("train"), augment="d4", seed=0)
         set_threads(0, workers)
-        model = build("unet", store.meta["bands"], store.meta["num_classes"], **params.model_options("unet"))
+        model = build("unet", store.meta.bands, store.meta.num_classes, **params.model_options("unet"))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         loader = make_loader(ds, args.batch, 0, 0, workers, pin=False)
         in_memory = list(itertools.islice(loader, args.steps))
@@ -81,7 +81,7 @@ def main() -> None:
         )
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/loader.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"{args.steps} steps, batch {args.batch}x{store.meta['bands']}x{args.tile}x{args.tile}, unet, "
+    print(f"{args.steps} steps, batch {args.batch}x{store.meta.bands}x{args.tile}x{args.tile}, unet, "
           f"{out['torch_threads']} torch thread(s), {workers} loader worker(s)")
     print(f"  loader    {best['loader']:.3f} s")
     print(f"  in memory {best['in_memory']:.3f} s")

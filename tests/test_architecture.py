@@ -6,6 +6,7 @@ import inspect
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "eqseg"
 LAYERS = (
     ("cli",),
     ("report", "compare"),
-    ("train", "evaluate", "predict", "digits"),
+    ("train", "distill", "evaluate", "predict", "digits"),
     ("inference", "tracking"),
     ("data", "losses", "classical"),
     ("weak",),
@@ -147,7 +148,7 @@ class _TinyStore:
         rng = np.random.default_rng(0)
         self.images = rng.integers(0, 255, (1, 2, 8, 8)).astype(np.uint8)
         self.masks = rng.integers(0, 2, (1, 8, 8)).astype(np.uint8)
-        self.meta = {"band_mean": [100.0, 120.0], "band_std": [50.0, 40.0]}
+        self.meta = SimpleNamespace(band_mean=[100.0, 120.0], band_std=[50.0, 40.0])  # the StoreMeta fields read
         self.index = pd.DataFrame({"tile_id": [0], "source": ["a"]})
 
 

@@ -135,8 +135,8 @@ def test_new_brunswick_labels_are_as_documented():
 
 def test_new_brunswick_tiles_classes_counts_and_labels(tmp_path):
     meta, index, masks = tile("new_brunswick", nb_entry(), tmp_path / "nb")
-    assert meta["classes"] == NB_CLASSES and meta["bands"] == 3 and meta["dtype"] == "uint8"
-    assert meta["splits"] == NB_SPLITS
+    assert meta.classes == NB_CLASSES and meta.bands == 3 and meta.dtype == "uint8"
+    assert meta.splits == NB_SPLITS
     counts = {c: int(index[f"px_{c}"].sum()) for c in NB_CLASSES}
     assert counts == NB_PIXELS
     assert int(index["px_unlabelled"].sum()) == 21 * TILE * TILE - (280 * 341 + 326 * 482)  # padding only
@@ -159,15 +159,15 @@ def test_new_brunswick_unlabelled_ignore_marks_ground_under_no_polygon_unknown(t
     assert int(index["px_background"].sum()) == 0
     assert int(index["px_unlabelled"].sum()) == int(index_bg["px_unlabelled"].sum()) + NB_PIXELS["background"]
     assert {c: int(index[f"px_{c}"].sum()) for c in NB_CLASSES[1:]} == {c: NB_PIXELS[c] for c in NB_CLASSES[1:]}
-    assert meta["splits"] == meta_bg["splits"] and index.valid_fraction.tolist() == index_bg.valid_fraction.tolist()
-    assert (meta["band_mean"], meta["band_std"]) == (meta_bg["band_mean"], meta_bg["band_std"])
+    assert meta.splits == meta_bg.splits and index.valid_fraction.tolist() == index_bg.valid_fraction.tolist()
+    assert (meta.band_mean, meta.band_std) == (meta_bg.band_mean, meta_bg.band_std)
 
 
 def test_new_brunswick_larger_blocks_starve_the_test_split(tmp_path):
     """Why the block is one tile: with 256-px blocks there are 8 blocks for 3 splits and (seed 0) the test split gets
     2 tiles with neither a road nor a building."""
     meta, index, _ = tile("new_brunswick", nb_entry(block_size=256, seed=0), tmp_path / "nb")
-    assert meta["splits"] == {"train": 15, "val": 4, "test": 2}
+    assert meta.splits == {"train": 15, "val": 4, "test": 2}
     test = index[index.split == "test"]
     assert test["px_road"].sum() == 0 and test["px_building"].sum() == 0
 
@@ -216,7 +216,7 @@ def test_no_tile_straddles_splits(tmp_path):
         x0, y0 = tr * (t.col, t.row)
         x1, y1 = tr * (t.col + w, t.row + h)
         assert t.geometry.equals_exact(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), 1e-6)
-    assert meta["splits"] == NB_SPLITS
+    assert meta.splits == NB_SPLITS
     assert split_overlaps(index) == {("train", "val"): 0, ("train", "test"): 0, ("val", "test"): 0}
     # the tiles of the two clips that see the same ground: all in one split (val with seed 0)
     one, two = (index[index.source == r.stem] for r in NB_RASTERS)
@@ -241,14 +241,14 @@ def test_massachusetts_clip_labels_and_clipping(tmp_path):
         inside = gdf.intersects(shapely.box(*ds.bounds))
     assert len(gdf) == 441 and gdf.crs.to_epsg() == 26986 and int(inside.sum()) == 7
     meta, index, masks = tile("massachusetts", ma_entry(), tmp_path / "ma")
-    assert meta["n_tiles"] == 2 and meta["splits"] == {"train": 0, "val": 0, "test": 2} and meta["stats_from"] == "all"
+    assert meta.n_tiles == 2 and meta.splits == {"train": 0, "val": 0, "test": 2} and meta.stats_from == "all"
     assert index[["row", "col"]].values.tolist() == [[0, 0], [169 - TILE, 0]]
     assert {c: int(index[f"px_{c}"].sum()) for c in MA_PIXELS} == MA_PIXELS
     assert int(index["px_unlabelled"].sum()) == 2 * TILE * (TILE - 92)
     assert_tiles_equal_reference(index, masks, {MA_RASTER.stem: reference(MA_RASTER, MA_LABELS, ma_ids)}, once=False)
     with rasterio.open(MA_RASTER) as ds:  # the statistics of all tiles (every pixel of the sampled grid of each tile)
         x = np.concatenate([ds.read(window=((r, r + TILE), (0, 92)))[:, ::2, ::2].reshape(3, -1) for r in (0, 169 - TILE)], axis=1)
-    assert meta["band_mean"] == pytest.approx(x.mean(axis=1).tolist(), rel=1e-12)
+    assert meta.band_mean == pytest.approx(x.mean(axis=1).tolist(), rel=1e-12)
     # only the polygons inside the clip matter: the same store from those 7 alone
     only_inside = tmp_path / "inside.gpkg"
     pyogrio.write_dataframe(gdf[inside], only_inside)
@@ -267,8 +267,8 @@ def test_massachusetts_matches_new_brunswick_buildings(tmp_path):
     merged = {name: int(name == "Building") for name in NB_IDS}
     nb_meta, nb_index, _ = tile("nb_buildings", nb_entry() | {"class_values": merged, "classes": ["background", "building"]}, tmp_path / "nb")
     ma_meta, _, _ = tile("massachusetts", ma_entry(), tmp_path / "ma")
-    assert (nb_meta["classes"], nb_meta["bands"], nb_meta["dtype"]) == (ma_meta["classes"], ma_meta["bands"], ma_meta["dtype"])
-    assert int(nb_index["px_building"].sum()) == NB_PIXELS["building"] and nb_meta["stats_from"] == "train"
+    assert (nb_meta.classes, nb_meta.bands, nb_meta.dtype) == (ma_meta.classes, ma_meta.bands, ma_meta.dtype)
+    assert int(nb_index["px_building"].sum()) == NB_PIXELS["building"] and nb_meta.stats_from == "train"
     assert int(nb_index["px_background"].sum()) == sum(NB_PIXELS.values()) - NB_PIXELS["building"]
 
 

@@ -58,7 +58,7 @@ def crops(tmp_path_factory):
     torch.manual_seed(0)
     model = build("unet", 3, 2, depth=2, width=8)
     info = ModelInfo(model="unet", options={"depth": 2, "width": 8}, in_channels=3, num_classes=2,
-                     classes=["background", "nucleus"], band_mean=meta["band_mean"], band_std=meta["band_std"],
+                     classes=["background", "nucleus"], band_mean=meta.band_mean, band_std=meta.band_std,
                      tile_size=TILE, dataset="crops", supervision="full", seed=0)
     store = TileStore(tmp / "tiles")  # a few steps on the train tiles: a model that finds nuclei, not all background
     ids = store.ids("train")
@@ -94,8 +94,8 @@ def test_modes_on_real_cpm15_tiles(crops):
     assert np.allclose(n(raw), (raw - np.array(train_stats[0])[:, None, None]) / np.array(train_stats[1])[:, None, None], atol=1e-5)
     # dataset: the store's own train-split statistics (meta.json)
     n = norm.for_store("dataset", train_stats, store)
-    assert n.mean == meta["band_mean"] and n(raw).mean() == pytest.approx(
-        ((raw - np.array(meta["band_mean"])[:, None, None]) / np.array(meta["band_std"])[:, None, None]).mean(), abs=1e-4)
+    assert n.mean == meta.band_mean and n(raw).mean() == pytest.approx(
+        ((raw - np.array(meta.band_mean)[:, None, None]) / np.array(meta.band_std)[:, None, None]).mean(), abs=1e-4)
     # image: each source's own statistics, close to mean 0 / std 1 over that source's valid pixels
     n = norm.for_store("image", train_stats, store)
     src = store.index.source.iloc[0]
@@ -120,7 +120,7 @@ def test_image_mode_undoes_a_darker_stain_and_train_mode_does_not(tmp_path):
         build_tile_store("crops", params.dataset("crops"), params.tile, tmp_path / f"tiles_{name}")
         stores.append(TileStore(tmp_path / f"tiles_{name}"))
     a, b = stores
-    train_stats = (a.meta["band_mean"], a.meta["band_std"])
+    train_stats = (a.meta.band_mean, a.meta.band_std)
     ids = np.sort(a.index.loc[a.index.source == "image05", "tile_id"].to_numpy())
     xa = norm.for_store("image", train_stats, a)(a.images[ids], "image05")
     xb = norm.for_store("image", train_stats, b)(b.images[ids], "image05")
@@ -179,7 +179,7 @@ def test_tta_control_changes_nothing_for_an_exactly_equivariant_model(crops, tmp
     assert m["tta_miou_macro"] != m["miou_macro"]
     torch.manual_seed(1)
     info = ModelInfo(model="p4m_unet", options={"depth": 2, "width": 16}, in_channels=3, num_classes=2,
-                     classes=["background", "nucleus"], band_mean=meta["band_mean"], band_std=meta["band_std"],
+                     classes=["background", "nucleus"], band_mean=meta.band_mean, band_std=meta.band_std,
                      tile_size=TILE)
     (tmp_path / "p4m").mkdir()
     save_model(tmp_path / "p4m" / "model.pt", build("p4m_unet", 3, 2, depth=2, width=16), info)

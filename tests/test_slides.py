@@ -58,15 +58,15 @@ def test_tissue_detection_drops_the_blank_margin_tiles(slide, tmp_path):
                        mpp=0.5, split=SplitConfig(by="block", block_size=256))
     meta = build_tile_store("slide", cfg, TileConfig(size=64, min_valid_fraction=0.0), tmp_path / "tiles")
     index = TileStore(tmp_path / "tiles").index
-    assert meta["sources"][0]["level"] == 1 and (index.level == 1).all()
+    assert meta.sources[0].level == 1 and (index.level == 1).all()
     tissue = [box(p.col, p.row, p.col + p.width, p.row + p.height) for p in placed]  # level-0 pixels
     touches = index.geometry.apply(lambda g: any(g.intersection(t).area > 0 for t in tissue))
     assert touches.all()  # no kept tile lies wholly in the blank margins
-    s = meta["sources"][0]
-    n_all = -(-s["height"] // 64) * -(-s["width"] // 64)
+    s = meta.sources[0]
+    n_all = -(-s.height // 64) * -(-s.width // 64)
     assert len(index) < 0.75 * n_all  # and many were dropped
     # every tile wholly inside a real tile was kept, with the nuclei of its mask
-    inner = sum(1 for r in range(0, s["height"], 64) for c in range(0, s["width"], 64)
+    inner = sum(1 for r in range(0, s.height, 64) for c in range(0, s.width, 64)
                 if any(t.contains(box(2 * c, 2 * r, 2 * c + 128, 2 * r + 128)) for t in tissue))
     assert (index.valid_fraction > 0.9).sum() >= 0.9 * inner
     assert (TileStore(tmp_path / "tiles").masks == 1).any()
@@ -151,7 +151,7 @@ def test_bundled_slide_dataset_puts_each_source_tile_in_one_split(bundled_slides
     cfg = cfg.model_copy(update={"slides": [Slide(image=str(out / Path(s.image).name), mask=str(out / Path(s.mask).name)) for s in cfg.slides]})
     meta = build_tile_store("cpm15_slides", cfg, params.tile, tmp_path / "tiles")
     index = TileStore(tmp_path / "tiles").index
-    assert [s["level"] for s in meta["sources"]] == [0, 1]
+    assert [s.level for s in meta.sources] == [0, 1]
     splits_of = {}
     for slide_name, tiles in placed.items():
         rows = index[index.source.str.startswith(slide_name)]

@@ -75,14 +75,14 @@ def test_tiles_from_strips_equal_direct_window_reads(uint16_scene, tmp_path, mon
             ref[~valid] = 255
             assert np.array_equal(store.masks[t.tile_id][:h, :w], ref)
             assert (store.masks[t.tile_id][h:] == 255).all() and (store.masks[t.tile_id][:, w:] == 255).all()
-    assert meta["dtype"] == "uint16" and meta["bands"] == 6
+    assert meta.dtype == "uint16" and meta.bands == 6
     assert (store.index.row >= 0).all() and not ((store.index.row + size <= 300) & (store.index.col + size <= 200)).any()
     # band statistics are those of the labelled pixels of the train tiles (every other row and column)
     train = np.sort(store.ids("train"))
     images, masks = store.images[train][:, :, ::2, ::2], store.masks[train][:, ::2, ::2]
     x = np.asarray(images, dtype=np.float64).transpose(1, 0, 2, 3)[:, np.asarray(masks) != 255]
-    assert meta["band_mean"] == pytest.approx(x.mean(axis=1).tolist(), rel=1e-9)
-    assert meta["band_std"] == pytest.approx(x.std(axis=1).tolist(), rel=1e-6)
+    assert meta.band_mean == pytest.approx(x.mean(axis=1).tolist(), rel=1e-9)
+    assert meta.band_std == pytest.approx(x.std(axis=1).tolist(), rel=1e-6)
 
 
 def test_nan_pixels_of_a_float_raster_are_nodata(tmp_path):
@@ -104,7 +104,7 @@ def test_raster_smaller_than_a_tile_is_padded(tmp_path):
     cfg = dataset(raster, labels).model_copy(update={"split": SplitConfig(by="source", fractions={"train": 1.0})})
     meta = build_tile_store("s", cfg, TileConfig(size=128), tmp_path / "t")
     store = TileStore(tmp_path / "t")
-    assert meta["n_tiles"] == 1 and (store.masks[0][50:] == 255).all() and (store.masks[0][:, 70:] == 255).all()
+    assert meta.n_tiles == 1 and (store.masks[0][50:] == 255).all() and (store.masks[0][:, 70:] == 255).all()
     assert (store.masks[0][10:40, 10:30] == 1).all() and (store.images[0][:, :50, :70] == 7).all()
 
 
@@ -140,11 +140,11 @@ def test_two_real_scenes_in_different_crss_in_one_dataset(tmp_path):
     meta = build_tile_store("two", cfg, TileConfig(size=64, min_valid_fraction=0.0), tmp_path / "t")
     store = TileStore(tmp_path / "t")
     assert store.index.crs is None  # mixed CRSs: each row carries its own
-    assert {s["crs"] for s in meta["sources"]} == {"EPSG:2953", "EPSG:26986"}
+    assert {s.crs for s in meta.sources} == {"EPSG:2953", "EPSG:26986"}
     for raster, vectors in scenes:
         name = raster.stem
         rows = store.index[store.index.source == name]
-        assert len(rows) and set(rows["crs"]) == {next(s["crs"] for s in meta["sources"] if s["name"] == name)}
+        assert len(rows) and set(rows["crs"]) == {next(s.crs for s in meta.sources if s.name == name)}
         with rasterio.open(raster) as ds:
             gdf = gpd.read_file(vectors).to_crs(ds.crs)
             ref = rasterio.features.rasterize(zip(gdf.geometry, gdf.Cinqclasses.astype(int)), out_shape=ds.shape, transform=ds.transform, dtype=np.uint8)

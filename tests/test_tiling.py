@@ -61,8 +61,8 @@ def test_geotiff_store_layout_index_and_leak_free_blocks(tmp_path):
     out = tmp_path / "tiles"
     meta = build_tile_store("spacenet", _spacenet_cfg(), TileConfig(size=128, overlap=32), out)
     store = TileStore(out)
-    assert store.images.shape == (meta["n_tiles"], 1, 128, 128) and store.images.dtype == np.uint16
-    assert store.masks.shape == (meta["n_tiles"], 128, 128) and store.masks.dtype == np.uint8
+    assert store.images.shape == (meta.n_tiles, 1, 128, 128) and store.images.dtype == np.uint16
+    assert store.masks.shape == (meta.n_tiles, 128, 128) and store.masks.dtype == np.uint8
     index = gpd.read_parquet(out / "index.parquet")
     assert index.crs.to_epsg() == 32616
     assert set(index.split) == {"train", "val", "test"}
@@ -81,7 +81,7 @@ def test_geotiff_store_layout_index_and_leak_free_blocks(tmp_path):
         assert (rc + 128 <= 900).all() and (rc // 256 == (rc + 127) // 256).all()
         assert set(rc % 256) == {0, 96, 128} | {4}  # 0, 96, 128 in full blocks (stride 96); 768 + 4 in the last
     assert (index.px_unlabelled == 0).all() and (index.valid_fraction == 1).all()
-    assert meta["band_mean"][0] > 0 and meta["band_std"][0] > 0
+    assert meta.band_mean[0] > 0 and meta.band_std[0] > 0
     assert json.loads((out / "meta.json").read_text())["classes"] == ["background", "building"]
 
 
@@ -105,7 +105,7 @@ def test_pairs_store_splits_by_source_and_pads(tmp_path, root):
     index = gpd.read_parquet(tmp_path / "tiles" / "index.parquet")
     per_source = index.groupby("source").split.nunique()
     assert (per_source == 1).all() and index.crs is None
-    assert meta["bands"] == 3  # the constant alpha band is dropped
+    assert meta.bands == 3  # the constant alpha band is dropped
     store = TileStore(tmp_path / "tiles")
     assert set(np.unique(store.masks)) <= {0, 1, 255} and (store.masks == 1).any()
     # image06 is 459 wide: its last column of tiles is shifted back inside the image (col 331, not 384 padded);
@@ -131,8 +131,8 @@ def test_nodata_tiles_are_dropped_and_nodata_pixels_unlabelled(tmp_path):
                          split=SplitConfig(by="block", block_size=128, fractions={"train": 0.5, "val": 0.25, "test": 0.25}))
     meta = build_tile_store("nd", cfg, TileConfig(size=64, min_valid_fraction=0.0), tmp_path / "tiles")
     index = gpd.read_parquet(tmp_path / "tiles" / "index.parquet")
-    assert meta["n_tiles"] == 8 and (index.col >= 128).all()  # the 8 nodata-only tiles are gone
-    assert meta["bands"] == 4 and meta["dtype"] == "uint16"
+    assert meta.n_tiles == 8 and (index.col >= 128).all()  # the 8 nodata-only tiles are gone
+    assert meta.bands == 4 and meta.dtype == "uint16"
     store = TileStore(tmp_path / "tiles")
     assert (store.masks == 1).any()
 
@@ -268,18 +268,18 @@ def test_test_only_dataset_has_every_tile_in_test_and_statistics_of_all(tmp_path
                          split=split)
     meta = build_tile_store("external", cfg, TileConfig(size=64), tmp_path / "t")
     store = TileStore(tmp_path / "t")
-    assert meta["splits"] == {"train": 0, "val": 0, "test": 16} and set(store.index.split) == {"test"}
-    assert meta["stats_from"] == "all"
+    assert meta.splits == {"train": 0, "val": 0, "test": 16} and set(store.index.split) == {"test"}
+    assert meta.stats_from == "all"
     x = np.asarray(store.images)[:, :, ::2, ::2].transpose(1, 0, 2, 3).reshape(3, -1).astype(np.float64)
-    assert meta["band_mean"] == pytest.approx(x.mean(axis=1).tolist(), rel=1e-12)
-    assert meta["band_std"] == pytest.approx((x.std(axis=1) + 1e-6).tolist(), rel=1e-9)
+    assert meta.band_mean == pytest.approx(x.mean(axis=1).tolist(), rel=1e-12)
+    assert meta.band_std == pytest.approx((x.std(axis=1) + 1e-6).tolist(), rel=1e-9)
     # with a train split, its statistics alone (and it says so)
     cfg = cfg.model_copy(update={"split": SplitConfig(by="block", block_size=128, fractions={"train": 0.5, "test": 0.5})})
     meta = build_tile_store("mixed", cfg, TileConfig(size=64), tmp_path / "m")
-    assert meta["stats_from"] == "train" and meta["splits"]["train"] == 8
+    assert meta.stats_from == "train" and meta.splits["train"] == 8
     ids = TileStore(tmp_path / "m").ids("train")
     x = np.asarray(TileStore(tmp_path / "m").images)[ids][:, :, ::2, ::2].transpose(1, 0, 2, 3).reshape(3, -1)
-    assert meta["band_mean"] == pytest.approx(x.astype(np.float64).mean(axis=1).tolist(), rel=1e-12)
+    assert meta.band_mean == pytest.approx(x.astype(np.float64).mean(axis=1).tolist(), rel=1e-12)
 
 
 def test_split_fractions_still_refuse_bad_values():

@@ -57,7 +57,7 @@ def tile(dataset: str, params_path: Path, out: Path | None) -> None:
 
     p = _load(params_path)
     meta = build_tile_store(dataset, p.dataset(dataset), p.tile, out or Path(paths.TILES.format(dataset=dataset)))
-    click.echo(f"{dataset}: {meta['n_tiles']} tiles {meta['splits']}")
+    click.echo(f"{dataset}: {meta.n_tiles} tiles {meta.splits}")
 
 
 @cli.command()
@@ -72,6 +72,9 @@ def weak(dataset: str, supervision: str, params_path: Path, tiles: Path | None, 
 
     p = _load(params_path)
     p.dataset(dataset)
+    if p.supervision(supervision).distill:
+        raise EqsegError(f"weak: {supervision!r} labels come from its teacher: `eqseg distill` (after training the "
+                         f"{supervision.removesuffix('+distill')} cell)")
     q = make_weak_stage(p, dataset, p.supervision(supervision), tiles or Path(paths.TILES.format(dataset=dataset)), out)
     precision = "-" if q.get("precision") is None else f"{q['precision']:.3f}"
     click.echo(f"{dataset}/{supervision}: labelled fraction {q['labelled_fraction']:.4f}, precision {precision}")
@@ -88,7 +91,8 @@ def weak(dataset: str, supervision: str, params_path: Path, tiles: Path | None, 
               help="Percent of the train tiles (a nested seeded subset).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), help="Default: results/tiles/DATASET.")
-@click.option("--labels", type=click.Path(file_okay=False, path_type=Path), help="Output of `eqseg weak`; default: results/weak/DATASET/SUPERVISION.")
+@click.option("--labels", type=click.Path(file_okay=False, path_type=Path), help="Output of `eqseg weak` (default: results/weak/DATASET/SUPERVISION) or, for NAME+distill, of "
+              "`eqseg distill` (default: results/pseudo/<the NAME cell>).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 def train(params_path, dataset, model_name, supervision, variant, budget, seed, tiles, labels, out) -> None:
     """Train one model (one cell of the grid); resumes from its checkpoint after a kill."""
@@ -103,10 +107,32 @@ def train(params_path, dataset, model_name, supervision, variant, budget, seed, 
         distributed.check_devices(p.train.nproc, p.train.device)
         sys.exit(distributed.relaunch(p.train.nproc, sys.argv[1:]))
     tiles = tiles or Path(paths.TILES.format(dataset=dataset))
-    labels = labels or Path(paths.WEAK.format(dataset=dataset, supervision=supervision))
+    if labels is None:
+        sup = p.supervision(supervision)
+        cell = dict(dataset=dataset, model=model_name, supervision=sup.parent, variant=variant, budget=budget, seed=seed)
+        labels = Path(paths.PSEUDO.format(**cell) if sup.distill else paths.WEAK.format(dataset=dataset, supervision=supervision))
     summary = run(p, dataset, model_name, supervision, seed, tiles, labels, out, variant=variant, budget=budget)
     if summary:  # rank 0 (or the only process)
         click.echo(f"{out}: best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']}")
+
+
+@cli.command()
+@params_option
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The teacher: a trained cell of a weak supervision.")
+@click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--labels", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The teacher's labels (output of `eqseg weak`); they stay in the student's labels.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+def distill(params_path, model_dir, tiles, labels, out) -> None:
+    """Pseudo-label a teacher's train tiles for its NAME+distill student (data distillation: D4-averaged, confident)."""
+    from eqseg.distill.stage import make_pseudo_stage
+
+    q = make_pseudo_stage(_load(params_path), model_dir, tiles, labels, out)
+    d = q["distill"]
+    click.echo(f"{out}: {d['unlabelled_tiles']} unlabelled + {d['labelled_tiles']} labelled tiles; teacher labelled "
+               f"{d['kept_fraction']:.3f} of the open pixels (precision {d['pseudo_precision'] or float('nan'):.3f}); "
+               f"labelled fraction now {q['labelled_fraction']:.3f}")
 
 
 @cli.command()

@@ -340,30 +340,46 @@ def _first_error(where: str, err: ValidationError) -> str:
     return f"{where}.{key}: {msg} (got {e.get('input')!r})" if key else f"{where}: {msg}"
 
 
+DISTILL = "+distill"  # supervision suffix: a student trained on its weak parent's labels plus a teacher's pseudo-labels
+
+
 @dataclass(frozen=True)
 class Supervision:
-    """A parsed supervision name: 'full', a weak kind ('points'), or a kind and its expansion ('points+watershed')."""
+    """A parsed supervision name: 'full', a weak kind ('points'), a kind and its expansion ('points+watershed'),
+    optionally distilled ('points+distill': a student on the parent's labels and its teacher's pseudo-labels)."""
 
     name: str
     kind: str
     expansion: str = "none"
+    distill: bool = False
 
     @property
     def is_full(self) -> bool:
-        return self.kind == "full"
+        return self.kind == "full" and not self.distill
+
+    @property
+    def parent(self) -> str:
+        """The supervision of the teacher (the name without +distill)."""
+        return self.name.removesuffix(DISTILL)
 
 
 def parse_supervision(name: str) -> Supervision:
     """Parse and check a supervision name (ValueError with one line if unknown); the one parser in eqseg."""
     KINDS, METHODS = tuple(WEAK_KINDS), tuple(EXPANSIONS)
-    kind, _, expansion = str(name).partition("+")
+    name = str(name)
+    distill = name.endswith(DISTILL)
+    kind, _, expansion = name.removesuffix(DISTILL).partition("+")
     if kind != "full" and kind not in KINDS:
-        raise ValueError(f"unknown supervision {name!r} (allowed: full, {', '.join(KINDS)}, optionally +expansion)")
+        raise ValueError(f"unknown supervision {name!r} (allowed: full, {', '.join(KINDS)}, optionally +expansion, "
+                         "then optionally +distill)")
     if expansion and (expansion not in METHODS or expansion == "none"):
-        raise ValueError(f"unknown expansion in {name!r} (allowed: {', '.join(m for m in METHODS if m != 'none')})")
+        raise ValueError(f"unknown expansion in {name!r} (allowed: {', '.join(m for m in METHODS if m != 'none')}; "
+                         "+distill goes last)")
     if expansion and kind in ("full", "tags", "partial"):
         raise ValueError(f"supervision {name!r}: {kind} labels cannot be expanded")
-    return Supervision(name, kind, expansion or "none")
+    if distill and kind == "full":
+        raise ValueError(f"supervision {name!r}: dense labels leave no pixel for a teacher to label")
+    return Supervision(name, kind, expansion or "none", distill)
 
 
 DatasetConfig = Annotated[Union[PairsDataset, GeoTiffDataset, SlideDataset], Field(discriminator="kind")]
@@ -462,6 +478,17 @@ class NormaliseConfig(_Strict):
         return self
 
 
+class DistillConfig(_Strict):
+    """Self-training by data distillation (Radosavovic et al. 2018): the teacher's softmax averaged over the 8 D4
+    transforms labels the pixels its weak labels leave open, where it is confident."""
+
+    threshold: float = Field(0.9, ge=0.5, le=1.0, description="keep a pseudo-label where the teacher's (D4-averaged) "
+                             "probability of its class is at least this")
+    tta: bool = Field(True, description="average the teacher over the D4 transforms (data distillation); false: one pass")
+    batch_size: int = Field(32, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class MlflowConfig(_Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "eqseg"
@@ -503,6 +530,8 @@ class GridConfig(_Strict):
     seeds: list[int] = Field([0], min_length=1)
     test_on: list[TestOn] = Field(default_factory=list, description="also evaluate and predict the models of a "
                                   "dataset on another (test-only or other) dataset with the same classes")
+    distill: list[str] = Field(default_factory=list, description="weak supervisions of grid.supervision whose cells "
+                               "also train a distilled student (supervision NAME+distill; the NAME cell is its teacher)")
 
     @field_validator("budgets")
     @classmethod
@@ -518,8 +547,20 @@ class GridConfig(_Strict):
     @classmethod
     def _known_supervision(cls, v: list[str]) -> list[str]:
         for name in v:
-            parse_supervision(name)
+            if parse_supervision(name).distill:
+                raise ValueError(f"{name!r}: list distilled students as grid.distill: [{name.removesuffix(DISTILL)}] "
+                                 "(their teacher is that supervision's cell)")
         return v
+
+    @model_validator(mode="after")
+    def _distill_parents(self):
+        for name in self.distill:
+            parse_supervision(name + DISTILL)
+            if name not in self.supervision:
+                raise ValueError(f"distill: {name!r} is not in grid.supervision (the {name} cell is the teacher)")
+        if len(set(self.distill)) != len(self.distill):
+            raise ValueError(f"distill: names repeat ({self.distill})")
+        return self
 
     @field_validator("datasets", "models")
     @classmethod
@@ -576,6 +617,7 @@ class Params(_Strict):
     digits: DigitsConfig = DigitsConfig()
     predict: PredictConfig = PredictConfig()
     normalise: NormaliseConfig = NormaliseConfig()
+    distill: DistillConfig = DistillConfig()
     mlflow: MlflowConfig = MlflowConfig()
     grid: GridConfig
     compare: list[CompareConfig] = Field(default_factory=list, description="pairs of trained cells to compare")
@@ -617,6 +659,9 @@ class Params(_Strict):
         for name in self.grid.models:
             if name not in self.models:
                 raise ValueError(f"grid.models: model {name!r} has no entry under models (defined: {sorted(self.models)})")
+        for kind in self.train.loss_for:
+            if kind not in (*WEAK_KINDS, "full", "distill"):
+                raise ValueError(f"train.loss_for: unknown supervision kind {kind!r} (allowed: full, {', '.join(WEAK_KINDS)}, distill)")
         for key, spec in [("train.loss", self.train.loss)] + [(f"train.loss_for.{k}", v) for k, v in self.train.loss_for.items()]:
             try:
                 check_loss_spec(spec)
@@ -651,8 +696,9 @@ class Params(_Strict):
         import itertools
 
         g = self.grid
+        supervision = [*g.supervision, *(s + DISTILL for s in g.distill)]
         return [dict(dataset=d, model=m, supervision=s, variant=v, budget=b, seed=seed)
-                for d, m, s, v, b, seed in itertools.product(g.datasets, g.models, g.supervision, g.variants, g.budgets, g.seeds)]
+                for d, m, s, v, b, seed in itertools.product(g.datasets, g.models, supervision, g.variants, g.budgets, g.seeds)]
 
     def evaluations(self) -> list[dict]:
         """Every (trained cell, test set) pair: the cell's own dataset, then its grid.test_on datasets."""
@@ -667,8 +713,10 @@ class Params(_Strict):
             raise EqsegError(f"supervision: {err}") from None
 
     def loss_spec(self, supervision: str | Supervision) -> dict[str, Any]:
+        """The weighted loss terms of a supervision: train.loss_for[kind] (train.loss_for.distill for students, whose
+        labels are pixels whatever their parent's kind), else train.loss."""
         sup = supervision if isinstance(supervision, Supervision) else parse_supervision(supervision)
-        return dict(self.train.loss_for.get(sup.kind, self.train.loss))
+        return dict(self.train.loss_for.get("distill" if sup.distill else sup.kind, self.train.loss))
 
     def model_options(self, name: str) -> dict[str, Any]:
         if name not in self.models:

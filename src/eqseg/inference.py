@@ -146,7 +146,7 @@ def confusion_on(model, store: TileStore, ids: np.ndarray, batch_size: int, devi
                  amp: bool = True, ranking=None, tta: bool = False) -> np.ndarray:
     """Confusion matrix over the tiles `ids`; with `ranking` (a metrics.ranking.HistogramAP), also feed it the
     softmax probabilities for threshold-free average precision."""
-    n = store.meta["num_classes"]
+    n = store.meta.num_classes
     cm = np.zeros((n, n), dtype=np.int64)
     for sel, logits in tile_logits(model, store, ids, batch_size, device, normaliser, amp, tta):
         masks = np.asarray(store.masks[sel])

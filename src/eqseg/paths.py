@@ -6,11 +6,13 @@ WEAK = "results/weak/{dataset}/{supervision}"
 # one trained cell: dataset x model x supervision x variant x label budget (percent) x seed
 CELL = "{dataset}/{model}/{supervision}/{variant}/b{budget}/seed{seed}"
 MODEL = "results/models/" + CELL
+# pseudo-labels of a teacher cell (supervision = the teacher's, e.g. points) for its student (points+distill)
+PSEUDO = "results/pseudo/" + CELL
 # a trained cell scored on a test set: its own dataset, or another one of grid.test_on
 EVAL = "results/eval/" + CELL + "/{testset}"
 EVAL_FILES = ("metrics.json", "inputs.json", "confusion.csv", "confusion.png", "predictions.png")
 REPORT = "results/report"
-REPORT_FILES = ("report.md", "summary.csv", "cells.csv", "cells.parquet", "miou.png", "budget.png", "external.png",
+REPORT_FILES = ("report.md", "summary.csv", "cells.csv", "cells.parquet", "distill.csv", "miou.png", "budget.png", "external.png",
                 "equivariance.png")
 DIGITS = "results/digits/{model}/seed{seed}"
 PREDICT = "results/predict/" + CELL + "/{testset}"

@@ -4,7 +4,8 @@ Outputs in `results/report/`: `cells.csv` and `cells.parquet` (tidy: one row per
 metric), `summary.csv` (per cell over seeds: mean, std, n, and for every model the paired difference to the `unet`
 of the same cell with its 95 % t interval), `report.md`, and plots with labelled axes: `miou.png` (test mIoU per
 model, variant and supervision), `budget.png` (mIoU against label budget), `external.png` (scores on other test
-sets, when grid.test_on is set), `equivariance.png` (rotation and reflection error per model).
+sets, when grid.test_on is set), `equivariance.png` (rotation and reflection error per model), `distill.csv` (every NAME+distill student against
+its teacher, paired by seed; empty without grid.distill).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from eqseg import paths
-from eqseg.config import Params
+from eqseg.config import CLASSICAL_OPTIONS, DISTILL, Params
 from eqseg.errors import EqsegError
-from eqseg.stats import summarise as paired_summary
+from eqseg.stats import paired_t_interval, summarise as paired_summary
 from eqseg.utils.atomic import atomic_dir
 
 KEYS = ("dataset", "testset", "model", "supervision", "variant", "budget", "seed")
@@ -39,6 +40,61 @@ def collect(params: Params, root: Path = Path(".")) -> pd.DataFrame:
             row |= {k: summary.get(k) for k in ("n_params", "macs_per_tile", "train_seconds", "best_epoch")}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def distill_gains(table: pd.DataFrame, root: Path = Path("."), metric: str = "miou_macro") -> pd.DataFrame:
+    """Every distilled student against its teacher (the weak parent cell, same dataset, test set, model, variant,
+    budget): both means over seeds, the paired difference per seed with its 95 % t interval, and how much of the
+    open pixels the teacher labelled (and how precisely: against the dense masks, for the record only)."""
+    cols = ["dataset", "test_set", "model", "variant", "budget", "supervision", "parent", "student", "teacher",
+            "diff", "diff_lo", "diff_hi", "n", "kept_fraction", "pseudo_precision"]
+    if "supervision" not in table or not table.supervision.str.endswith(DISTILL).any():
+        return pd.DataFrame(columns=cols)
+    keys = ["dataset", "testset", "model", "variant", "budget"]
+    rows = []
+    for cell, part in table[table.supervision.str.endswith(DISTILL)].groupby(keys + ["supervision"], sort=False):
+        parent = cell[-1].removesuffix(DISTILL)
+        mask = table.supervision == parent
+        for k, v in zip(keys, cell):
+            mask &= table[k] == v
+        teacher = table[mask].set_index("seed")[metric]
+        student = part.set_index("seed")[metric]
+        seeds = student.index.intersection(teacher.index)
+        res = paired_t_interval(student.loc[seeds].to_numpy(), teacher.loc[seeds].to_numpy())
+        kept, precision = [], []
+        for seed in seeds:
+            q = root / paths.PSEUDO.format(dataset=cell[0], model=cell[2], supervision=parent, variant=cell[3],
+                                           budget=cell[4], seed=seed) / "quality.json"
+            if q.is_file():
+                d = json.loads(q.read_text()).get("distill", {})
+                kept.append(d.get("kept_fraction"))
+                precision.append(d.get("pseudo_precision"))
+        mean = lambda v: float(np.nanmean(np.asarray(v, float))) if v else float("nan")  # noqa: E731
+        rows.append(dict(dataset=cell[0], test_set=cell[1], model=cell[2], variant=cell[3], budget=cell[4],
+                         supervision=cell[5], parent=parent, student=float(student.loc[seeds].mean()),
+                         teacher=float(teacher.loc[seeds].mean()), diff=res["diff"], diff_lo=res["lo"],
+                         diff_hi=res["hi"], n=res["n"], kept_fraction=mean(kept), pseudo_precision=mean(precision)))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def distill_markdown(gains: pd.DataFrame) -> str:
+    lines = ["| dataset | test set | model | variant | budget | student | teacher (its parent) | test mIoU student / "
+             "teacher | Δ [95 % CI] | open pixels labelled | their precision | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in gains.to_dict("records"):
+        ci = f" [{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}]" if r["n"] > 1 else ""
+        lines.append(f"| {r['dataset']} | {r['test_set']} | {r['model']} | {r['variant']} | {int(r['budget'])} % | "
+                     f"{r['supervision']} | {r['parent']} | {_fmt(r['student'])} / {_fmt(r['teacher'])} | "
+                     f"{r['diff']:+.3f}{ci} | {_fmt(r['kept_fraction'])} | {_fmt(r['pseudo_precision'])} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def networks_first(w: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """Rows in grid order, the classical baselines under the networks of each group of rows."""
+    order = {m: i + (len(models) if m in CLASSICAL_OPTIONS else 0) for i, m in enumerate(models)}
+    keys = [c for c in ("dataset", "test_set", "supervision", "variant", "budget") if c in w]
+    return w.assign(_order=w.model.map(order).fillna(len(order) * 2)).sort_values(
+        [*keys, "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
 def summarise(table: pd.DataFrame, baseline: str = "unet") -> pd.DataFrame:
@@ -187,17 +243,25 @@ def digits_table(params: Params, root: Path = Path(".")) -> str:
 def report(params: Params, out: Path) -> pd.DataFrame:
     table = collect(params)
     summary = summarise(table)
-    w = wide(summary)
+    w = networks_first(wide(summary), params.grid.models)
+    gains = distill_gains(table)
     modes = ", ".join(sorted(set(table["normalise"]))) if "normalise" in table else "train"
     text = ("# eqseg report\n\n## Segmentation\n\nDense test labels; mean ± std over seeds; Δ = paired difference to the "
             f"unet of the same cell (per seed), 95 % t interval over seeds. Inputs normalised with: {modes}.\n\n"
             + to_markdown(w, table))
+    if len(gains):
+        text += ("\n## Self-training (data distillation)\n\nEach NAME+distill student against its teacher, the NAME cell: "
+                 f"test mIoU (mean over seeds), the paired difference per seed with its 95 % t interval, the fraction of "
+                 f"the pixels left open by the weak labels that the teacher labelled (probability ≥ "
+                 f"{params.distill.threshold}{', D4-averaged' if params.distill.tta else ''}) and their precision "
+                 "against the dense masks (recorded, never used).\n\n" + distill_markdown(gains))
     if params.digits.models:
         text += "\n## Rotated digits\n\nTrained on upright MNIST digits; accuracy on the test digits as rotated.\n\n" + digits_table(params)
     with atomic_dir(out) as tmp:
         table.to_csv(tmp / "cells.csv", index=False)
         table.to_parquet(tmp / "cells.parquet", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
+        gains.to_csv(tmp / "distill.csv", index=False)
         (tmp / "report.md").write_text(text)
         plot_miou(w, tmp / "miou.png")
         plot_budget(w, tmp / "budget.png")

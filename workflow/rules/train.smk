@@ -1,7 +1,16 @@
+def train_labels(w):
+    """The labels a cell trains on: its weak labels, or for NAME+distill its teacher's pseudo-labels."""
+    sup = P.supervision(w.supervision)
+    if sup.distill:
+        return paths.PSEUDO.format(dataset=w.dataset, model=w.model, supervision=sup.parent, variant=w.variant,
+                                   budget=w.budget, seed=w.seed)
+    return paths.WEAK.format(dataset=w.dataset, supervision=w.supervision)
+
+
 rule train:
     input:
         tiles=paths.TILES,
-        labels=paths.WEAK,
+        labels=train_labels,
     output:
         directory(paths.MODEL),
     params:
@@ -13,4 +22,21 @@ rule train:
         "eqseg train --params {PARAMS_FILE:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q}"
         " --supervision {wildcards.supervision:q} --variant {wildcards.variant:q} --budget {wildcards.budget:q}"
         " --seed {wildcards.seed:q} --tiles {input.tiles:q}"
+        " --labels {input.labels:q} --out {output:q} > {log:q} 2>&1"
+
+
+# teacher (the weak cell) -> pseudo-labels -> student (the NAME+distill cell, rule train)
+rule distill:
+    input:
+        model=paths.MODEL,
+        tiles=paths.TILES,
+        labels=paths.WEAK,
+    output:
+        directory(paths.PSEUDO),
+    params:
+        cfg=lambda w: section(P.distill, P.train.max_train_tiles, P.normalise),
+    log:
+        "results/logs/distill/" + paths.CELL + ".log",
+    shell:
+        "eqseg distill --params {PARAMS_FILE:q} --model-dir {input.model:q} --tiles {input.tiles:q}"
         " --labels {input.labels:q} --out {output:q} > {log:q} 2>&1"

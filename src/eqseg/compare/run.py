@@ -39,7 +39,7 @@ def compare(params: Params, model_a: Path, model_b: Path, tiles: Path, out: Path
         if isinstance(net, ClassicalNet):
             raise EqsegError(f"{path}: a classical baseline has no layers to compare")
     for info, path in ((info_a, model_a), (info_b, model_b)):
-        info.check_inputs(store.meta["bands"], store.meta["classes"], str(tiles))
+        info.check_inputs(store.meta.bands, store.meta.classes, str(tiles))
     ids = store.ids("test")
     if not len(ids):
         raise EqsegError(f"{tiles}: the test split has no tiles")

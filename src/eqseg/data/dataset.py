@@ -29,7 +29,7 @@ class TileDataset(Dataset):
                  labels: np.ndarray | None = None, label_ids: np.ndarray | None = None,
                  normaliser: Normaliser | None = None):
         self.images = store.images
-        self.normaliser = normaliser or Normaliser("train", store.meta["band_mean"], store.meta["band_std"])
+        self.normaliser = normaliser or Normaliser("train", store.meta.band_mean, store.meta.band_std)
         self.sources = store.index.set_index("tile_id").source if self.normaliser.mode == "image" else None
         self.ids = np.asarray(ids)
         if labels is None:

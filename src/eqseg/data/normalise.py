@@ -116,16 +116,9 @@ def source_statistics(store, sources: Sequence[str] | None = None, chunk: int = 
 
 
 def store_statistics(store) -> tuple[list[float], list[float]]:
-    """The store's train-split statistics (meta.json); for a store without a train split, over all its tiles."""
-    meta = store.meta
-    if meta.get("band_mean") is not None:
-        return list(meta["band_mean"]), list(meta["band_std"])
-    sums = np.zeros((3, store.images.shape[1]))
-    ids = np.sort(store.index.tile_id.to_numpy())
-    for start in range(0, len(ids), 64):
-        sel = ids[start : start + 64]
-        sums += pixel_sums(store.images[sel], np.asarray(store.masks[sel]) != 255)
-    return moments(sums)
+    """The store's train-split statistics (meta.json); for a store without a train split, those of all its tiles
+    (the tile store records which: `stats_from`)."""
+    return list(store.meta.band_mean), list(store.meta.band_std)
 
 
 def for_store(mode: str, train_stats: tuple[list, list], store, sources: Sequence[str] | None = None,

@@ -18,6 +18,7 @@ from eqseg.metrics.ranking import HistogramAP, dice_scores
 from eqseg.inference import load_trained
 from eqseg.models.groups import D4, equivariance_errors as group_errors
 from eqseg.runtime import resolve_device
+from eqseg.tiling.meta import StoreMeta
 from eqseg.tiling.store import TileStore
 from eqseg.utils.atomic import atomic_dir, check_replaceable, write_json
 
@@ -28,18 +29,18 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     device = resolve_device(cfg.device)
     store = TileStore(tiles)
     model, info = load_trained(model_dir, device)
-    info.check_inputs(store.meta["bands"], store.meta["classes"], str(tiles))
+    info.check_inputs(store.meta.bands, store.meta.classes, str(tiles))
     test_ids = store.ids("test")
     if len(test_ids) == 0:
         raise EqsegError(f"{tiles}: the test split has no tiles")
     normaliser = normaliser_for(params.normalise.mode, info, store, test_ids)
     if params.normalise.adabn:
         adapt_to_store(model, store, test_ids, normaliser, cfg.batch_size, device)
-    ranking = HistogramAP(store.meta["num_classes"])
+    ranking = HistogramAP(store.meta.num_classes)
     cm = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, ranking=ranking)
     preview = preview_ids(store, test_ids, cfg.n_preview)
     x = torch.from_numpy(normalised_tiles(store, preview, normaliser)).to(device)
-    classes = store.meta["classes"]
+    classes = store.meta.classes
     metrics = (scores(cm, classes) | dice_scores(cm, classes) | ranking.compute(classes)
                | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode, "adabn": params.normalise.adabn}
                | equivariance_errors(model, x))
@@ -49,16 +50,16 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "inputs.json", {"normalise": normaliser.record, "model": info.model_dump(exclude={"band_mean", "band_std"})})
-        np.savetxt(tmp / "confusion.csv", cm, fmt="%d", delimiter=",", header=",".join(store.meta["classes"]))
-        plot_confusion(tmp / "confusion.png", cm, store.meta["classes"])
+        np.savetxt(tmp / "confusion.csv", cm, fmt="%d", delimiter=",", header=",".join(store.meta.classes))
+        plot_confusion(tmp / "confusion.png", cm, store.meta.classes)
         preds = np.concatenate([p for _, p in predict_tiles(model, store, preview, cfg.batch_size, device, normaliser)])
         plot_predictions(tmp / "predictions.png", store, preview, preds)
     run_file = model_dir / "run.json"
     if run_file.is_file():  # add the test scores to the training's run, without reopening it
         run_id = json.loads(run_file.read_text())["run_id"]
         # scores on another dataset (grid.test_on) get their own names, so they never overwrite the in-domain ones
-        scored = store.meta.get("dataset")
-        prefix = "test_" if scored in (None, info.dataset) else f"test_on_{scored}_"
+        scored = store.meta.dataset
+        prefix = "test_" if scored == info.dataset else f"test_on_{scored}_"
         tracking.log_to_run(params.mlflow, run_id, {f"{prefix}{k}": v for k, v in metrics.items()},
                             [out / "metrics.json", out / "confusion.png", out / "predictions.png"],
                             subdir="eval" if prefix == "test_" else f"eval_on_{scored}",
@@ -96,9 +97,9 @@ def _palette(n: int) -> np.ndarray:
     return pal
 
 
-def _display(image: np.ndarray, meta: dict) -> np.ndarray:
+def _display(image: np.ndarray, meta: StoreMeta) -> np.ndarray:
     """A tile as an RGB float image in [0, 1], contrast-stretched per band (works for 1 band and for uint16)."""
-    x = norm.normalise(image[None], meta["band_mean"], meta["band_std"])[0]
+    x = norm.normalise(image[None], meta.band_mean, meta.band_std)[0]
     x = x[:3] if x.shape[0] >= 3 else np.repeat(x[:1], 3, axis=0)
     x = np.clip((x + 2.5) / 5.0, 0, 1)
     return x.transpose(1, 2, 0)
@@ -110,7 +111,7 @@ def plot_predictions(path: Path, store: TileStore, ids: np.ndarray, preds: np.nd
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pal = _palette(store.meta["num_classes"])
+    pal = _palette(store.meta.num_classes)
     fig, axes = plt.subplots(len(ids), 3, figsize=(6.6, 2.2 * len(ids)), dpi=100, squeeze=False)
     for row, (i, pred) in enumerate(zip(ids, preds)):
         truth = np.asarray(store.masks[i])

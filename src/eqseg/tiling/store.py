@@ -14,7 +14,6 @@ Few files keep DVC fast (it hashes per file) and the loader cheap (one mmap, no 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import deque
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from eqseg.errors import EqsegError
 from eqseg.tiling import grid, npy
+from eqseg.tiling.meta import StoreMeta
 from eqseg.tiling.source import Source, open_sources
 from eqseg.tiling.sources import IGNORE, GeoSource
 from eqseg.utils.atomic import atomic_dir, write_json
@@ -314,7 +314,7 @@ def _describe(src) -> dict:
     return out
 
 
-def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset | SlideDataset, tile: TileConfig, out: Path, root: Path = Path(".")) -> dict:
+def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset | SlideDataset, tile: TileConfig, out: Path, root: Path = Path(".")) -> StoreMeta:
     """Tile every source of a dataset into `out` (replaced atomically) in one streaming pass; return the meta record.
 
     Tiles are read in row order so that each source decodes its file once; splits are drawn afterwards among the
@@ -329,7 +329,7 @@ def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset | SlideDatase
             src.close()
 
 
-def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -> dict:
+def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -> StoreMeta:
     import geopandas as gpd
     import pandas as pd
 
@@ -393,14 +393,14 @@ def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -
                         "are taken over all tiles", name, len(sums), dict(cfg.split.fractions))
         # a store without train tiles (a test-only dataset) has the statistics of all its tiles, and says so
         mean, std = band_moments(sum(sums[u] for u in (train_units or sums)))
-        meta = dict(
+        meta = StoreMeta(
             dataset=name, classes=classes, num_classes=len(classes), bands=n_bands, dtype=str(dtype),
             tile_size=S, overlap=tile.overlap, n_tiles=n, band_mean=mean, band_std=std,
             stats_from="train" if train_units else "all",
             splits={s: int((index.split == s).sum()) for s in grid.SPLITS},
             sources=[_describe(s) for s in sources],
         )
-        write_json(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", meta.model_dump())
     return meta
 
 
@@ -427,8 +427,8 @@ class TileStore:
                 raise EqsegError(f"{self.path}: not a tile store (missing {f}); run `eqseg tile` first")
 
     @cached_property
-    def meta(self) -> dict:
-        return json.loads((self.path / "meta.json").read_text())
+    def meta(self) -> StoreMeta:
+        return StoreMeta.load(self.path / "meta.json")
 
     @cached_property
     def index(self):

@@ -26,7 +26,8 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
                   labels_dir: Path, out: Path, variant: str = "none", budget: int = 100) -> dict:
     """Fit on (a seeded sample of) the cell's train tiles; `variant` does not apply to a fitted method and is only
     recorded."""
-    from eqseg.train.loop import load_labels, plot_history, select_train_ids, weak_metrics, write_history
+    from eqseg.data.cells import cell_train_ids, check_labels_match, load_labels
+    from eqseg.train.loop import plot_history, weak_metrics, write_history
 
     t0 = time.perf_counter()
     options = dict(params.model_options(model_name))
@@ -37,22 +38,26 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     labels, label_ids, quality = load_labels(labels_dir)
     if labels.ndim != 3:
         raise EqsegError(f"{model_name}: classical baselines need pixel labels, not image tags ({supervision})")
-    ids = select_train_ids(store, min(typed.max_fit_tiles, params.train.max_train_tiles or typed.max_fit_tiles), seed, budget)
+    check_labels_match(quality, sup.name, labels_dir)
+    cap = min(typed.max_fit_tiles, params.train.max_train_tiles or typed.max_fit_tiles)  # fitting takes seconds
+    ids = cell_train_ids(store, label_ids, sup.distill, cap, seed, budget)
+    if len(ids) > cap:  # a student's tiles: a seeded sample of them
+        ids = np.sort(np.random.default_rng(seed).choice(ids, cap, replace=False))
     row_of = {int(t): r for r, t in enumerate(label_ids)}
     images = [np.asarray(store.images[i]) for i in ids]
     masks = [np.asarray(labels[row_of[int(i)]]) for i in ids]
     method_options = typed.model_dump(exclude={"max_fit_tiles"})
-    state = classical.fit(model_name, images, masks, meta["classes"], **method_options)
-    info = ModelInfo(model=model_name, options=options, in_channels=meta["bands"], num_classes=meta["num_classes"],
-                     classes=meta["classes"], band_mean=meta["band_mean"], band_std=meta["band_std"],
-                     normalise=params.normalise.mode, tile_size=meta["tile_size"], dataset=dataset,
+    state = classical.fit(model_name, images, masks, meta.classes, **method_options)
+    info = ModelInfo(model=model_name, options=options, in_channels=meta.bands, num_classes=meta.num_classes,
+                     classes=meta.classes, band_mean=meta.band_mean, band_std=meta.band_std,
+                     normalise=params.normalise.mode, tile_size=meta.tile_size, dataset=dataset,
                      supervision=sup.name, seed=seed)
     val_ids = store.ids("val")
     device = resolve_device("cpu")
-    normaliser = norm.for_store(params.normalise.mode, (meta["band_mean"], meta["band_std"]), store,
+    normaliser = norm.for_store(params.normalise.mode, (meta.band_mean, meta.band_std), store,
                                 sorted(set(store.index.loc[store.index.tile_id.isin(val_ids), "source"])) if params.normalise.mode == "image" else None)
-    val = scores(confusion_on(ClassicalNet(state, meta["num_classes"]), store, val_ids, params.evaluate.batch_size, device,
-                              normaliser), meta["classes"]) if len(val_ids) else {}
+    val = scores(confusion_on(ClassicalNet(state, meta.num_classes), store, val_ids, params.evaluate.batch_size, device,
+                              normaliser), meta.classes) if len(val_ids) else {}
     seconds = time.perf_counter() - t0
     history = [dict(epoch=1, train_loss=float("nan"), val_miou=val.get("miou_macro", float("nan")),
                     val_iou_micro=val.get("iou_micro", float("nan")), seconds=seconds)]

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from eqseg import tracking
 from eqseg.config import CLASSICAL_OPTIONS, Params, stable_hash
+from eqseg.data.cells import cell_train_ids, check_labels_match, load_labels
 from eqseg.data.dataset import TileDataset
 from eqseg.errors import EqsegError
 from eqseg.data import normalise as norm
@@ -38,21 +39,6 @@ log = logging.getLogger(__name__)
 
 def checkpoint_path(out: Path) -> Path:
     return out.parent / f".{out.name}.ckpt.pt"
-
-
-def select_train_ids(store: TileStore, max_tiles: int | None, seed: int, budget: int = 100) -> np.ndarray:
-    """The train tiles of a cell: the label budget (whole percent) as a nested seeded subset (the 10 % tiles lie
-    inside the 30 % tiles of the same seed), then the `train.max_train_tiles` cap."""
-    ids = store.ids("train")
-    if not len(ids):
-        raise EqsegError(f"{store.path}: the dataset has no train tiles (a test-only dataset cannot train a model)")
-    if budget < 100:
-        from eqseg.stats import nested_budget_ids
-
-        ids = np.asarray(nested_budget_ids(ids.tolist(), [budget / 100], seed)[budget / 100])
-    if max_tiles is not None and max_tiles < len(ids):
-        ids = np.sort(np.random.default_rng(seed).choice(ids, max_tiles, replace=False))
-    return ids
 
 
 def make_loader(
@@ -86,15 +72,6 @@ def train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp: bool
         total += float(loss.detach())
         batches += 1
     return total / max(batches, 1)
-
-
-def load_labels(labels_dir: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The output of `eqseg weak`: labels (memory-mapped), the tile ids of its rows, the quality record."""
-    for f in ("labels.npy", "ids.npy", "quality.json"):
-        if not (labels_dir / f).is_file():
-            raise EqsegError(f"{labels_dir}: missing {f}; run `eqseg weak` first")
-    return (np.load(labels_dir / "labels.npy", mmap_mode="r"), np.load(labels_dir / "ids.npy"),
-            json.loads((labels_dir / "quality.json").read_text()))
 
 
 @dataclass
@@ -190,7 +167,7 @@ def run_epochs(model, net, ds, store, val_ids, loss_fn, optimiser, scheduler, sc
         scheduler.step()
         if not world.main:
             continue
-        val = (scores(confusion_on(net, store, val_ids, batch_size, device, val_normaliser, amp), store.meta["classes"])
+        val = (scores(confusion_on(net, store, val_ids, batch_size, device, val_normaliser, amp), store.meta.classes)
                if len(val_ids) else {})
         row = dict(epoch=epoch + 1, train_loss=loss, val_miou=val.get("miou_macro", float("nan")),
                    val_iou_micro=val.get("iou_micro", float("nan")), seconds=time.perf_counter() - t0)
@@ -241,9 +218,9 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     set_threads(cfg.threads, cfg.num_workers, world.size)
     seed_everything(seed)
 
-    net = build(model_name, meta["bands"], meta["num_classes"], **options).to(device)
-    if meta["tile_size"] % getattr(net, "tile_multiple", 1):
-        raise EqsegError(f"tile size {meta['tile_size']} of {tiles} is not a multiple of {net.tile_multiple} for model {model_name}")
+    net = build(model_name, meta.bands, meta.num_classes, **options).to(device)
+    if meta.tile_size % getattr(net, "tile_multiple", 1):
+        raise EqsegError(f"tile size {meta.tile_size} of {tiles} is not a multiple of {net.tile_multiple} for model {model_name}")
     ddp.start(world, device)
     model = net if world.size == 1 else torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -251,11 +228,12 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
     augment, loss_spec = variant_setup(params, variant, params.loss_spec(sup))
-    train_ids = select_train_ids(store, cfg.max_train_tiles, seed, budget)
-    val_ids = store.ids("val")
     labels, label_ids, quality = load_labels(labels_dir)
+    check_labels_match(quality, sup.name, labels_dir)
+    train_ids = cell_train_ids(store, label_ids, sup.distill, cfg.max_train_tiles, seed, budget)
+    val_ids = store.ids("val")
     mode = params.normalise.mode
-    train_stats = (meta["band_mean"], meta["band_std"])  # training: the dataset is the training dataset
+    train_stats = (meta.band_mean, meta.band_std)  # training: the dataset is the training dataset
     stain = None
     if params.normalise.stain != "none":  # a reference from the train split; statistics of the stained tiles
         from eqseg.data.stain import StainNormaliser, reference_tiles
@@ -272,16 +250,18 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed,
         model_options=options, loss=loss_spec, augment=augment,
         weak=params.weak.model_dump() if not sup.is_full else None, normalise=mode, stain=params.normalise.stain,
-        train=cfg.model_dump(), tile=dict(size=meta["tile_size"], overlap=meta["overlap"]), n_train_tiles=len(train_ids),
+        train=cfg.model_dump(), tile=dict(size=meta.tile_size, overlap=meta.overlap), n_train_tiles=len(train_ids),
         n_val_tiles=len(val_ids), tiles=str(tiles),
     )
+    if sup.distill:  # (only then, so checkpoints of other cells keep their hash)
+        run_config["distill"] = params.distill.model_dump(exclude={"device", "batch_size"})
     hashed = {k: v for k, v in run_config.items() if k not in ("tiles", "normalise", "stain", "variant", "budget", "augment")}
-    hashed |= {"stats": meta["band_mean"], "augment": augment, "budget": budget}
+    hashed |= {"stats": meta.band_mean, "augment": augment, "budget": budget}
     if mode != "train" or stain is not None:  # (absent for the default, so checkpoints of earlier versions still resume)
         hashed["normalise"] = [mode, params.normalise.stain]
     ckpt = Checkpoint(checkpoint_path(out), stable_hash(hashed))
     n_params = count_parameters(net)
-    macs = count_macs(net, meta["bands"], meta["tile_size"])
+    macs = count_macs(net, meta.bands, meta.tile_size)
 
     state = ckpt.load(net, optimiser, scheduler, scaler)
     if state is not None and world.main:
@@ -303,10 +283,10 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         return {}
 
     net.load_state_dict(state["best_state"])
-    info = ModelInfo(model=model_name, options=options, in_channels=meta["bands"], num_classes=meta["num_classes"],
-                     classes=meta["classes"], band_mean=list(train_stats[0]), band_std=list(train_stats[1]), normalise=mode,
+    info = ModelInfo(model=model_name, options=options, in_channels=meta.bands, num_classes=meta.num_classes,
+                     classes=meta.classes, band_mean=list(train_stats[0]), band_std=list(train_stats[1]), normalise=mode,
                      stain=stain.record if stain is not None else None,
-                     tile_size=meta["tile_size"], dataset=dataset, supervision=sup.name, seed=seed)
+                     tile_size=meta.tile_size, dataset=dataset, supervision=sup.name, seed=seed)
     best = max(state["history"], key=lambda r: r["val_miou"] if np.isfinite(r["val_miou"]) else -r["train_loss"])
     summary = dict(best_epoch=best["epoch"], best_val_miou=best["val_miou"], final_train_loss=state["history"][-1]["train_loss"],
                    n_params=n_params, macs_per_tile=macs, train_seconds=sum(r["seconds"] for r in state["history"]))
@@ -331,6 +311,8 @@ def weak_metrics(quality: dict) -> dict[str, float]:
     out["labels_effort_per_tile"] = (quality.get("effort") or {}).get("per_tile")
     for k in ("labelled_fraction", "precision"):
         out[f"labels_expanded_{k}"] = (quality.get("expansion") or {}).get(k)
+    for k in ("kept_fraction", "pseudo_precision"):  # a distilled student's pseudo-labels
+        out[f"labels_distill_{k}"] = (quality.get("distill") or {}).get(k)
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -29,7 +29,7 @@ def make_weak_stage(params: Params, dataset: str, supervision: Supervision, tile
     else:
         options = dict(params.weak.options.get(kind, {}))
         if kind == "tags":
-            options.setdefault("num_classes", store.meta["num_classes"])
+            options.setdefault("num_classes", store.meta.num_classes)
         labels, quality = make_weak_labels(
             store.images, store.masks, ids, kind, params.weak.seed, options,
             expansion, params.weak.expansion_options.get(expansion, {}),
