@@ -32,6 +32,10 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+# `snakemake --report report.html` (after a run): this text, then the outputs the rules mark with report()
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/slides.smk"
 include: "workflow/rules/tile.smk"

@@ -105,6 +105,7 @@ def tile_scene(scene: Path, labels: Path, tile: int) -> dict:
                          scenes=[Scene(raster=str(scene), labels=str(labels))], split=SplitConfig(by="block", block_size=2048))
     with tempfile.TemporaryDirectory(dir=scene.parent) as tmp:
         meta = build_tile_store("bench", cfg, TileConfig(size=tile, min_valid_fraction=0.01), Path(tmp) / "tiles")
+    meta = meta if isinstance(meta, dict) else meta.model_dump()  # a dict before StoreMeta (--baseline-src)
     return dict(tiles=meta["n_tiles"], splits=meta["splits"])
 
 

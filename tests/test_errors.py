@@ -164,8 +164,13 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
-    """A workspace: absolute params, a real 1-band SpaceNet tile store, a 3-band and a 1-band model (untrained, saved
-    the way `eqseg train` saves them), a folder of the user's own files, and a copy of the scene raster."""
+    return make_workspace(tmp_path_factory.mktemp("ws"))
+
+
+def make_workspace(ws: Path) -> Path:
+    """Fill the empty folder ws for CASES (docs/errors_table.py builds the same): absolute params, a real 1-band
+    SpaceNet tile store, a 3-band and a 1-band model (untrained, saved the way `eqseg train` saves them), a folder of
+    the user's own files, and a copy of the scene raster."""
     import torch
 
     from eqseg.config import load_params
@@ -173,7 +178,6 @@ def ws(tmp_path_factory) -> Path:
     from eqseg.models.checkpoint import ModelInfo, save_model
     from eqseg.tiling.store import build_tile_store
 
-    ws = tmp_path_factory.mktemp("ws")
     params = absolute_params(ws)
     p = load_params(params)
     build_tile_store("spacenet_atlanta", p.dataset("spacenet_atlanta"), p.tile, ws / "tiles")
@@ -206,6 +210,7 @@ CASES = {
     "tile-unknown-dataset": (["tile", "nodata", *P], ["unknown dataset 'nodata'"]),
     "tile-foreign-out": (["tile", "spacenet_atlanta", *P, "--out", "mine"], ["mine", "not written by eqseg", "another --out"]),
     "tile-usage": (["tile", *P], ["Missing argument 'DATASET'", "--help"]),
+    "tile-unknown-option": (["tile", "spacenet_atlanta", *P, "--bogus"], ["No such option '--bogus'", "--help"]),
     "weak-unknown-dataset": (["weak", "nodata", "full", *P, "--out", "w"], ["unknown dataset 'nodata'"]),
     "weak-missing-tiles": (["weak", "spacenet_atlanta", "full", *P, "--tiles", "nowhere", "--out", "w"], ["nowhere", "not a tile store"]),
     "weak-unknown-supervision": (["weak", "spacenet_atlanta", "nonsense", *P, "--tiles", "tiles", "--out", "w"], ["'nonsense'"]),
@@ -366,3 +371,18 @@ def test_truncated_ome_tiff_is_one_line(eqseg_cli, tmp_path, root):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("eqseg tile: error: cut.ome.tif: truncated") and not (tmp_path / "out").exists(), lines
+
+
+def test_docs_errors_table_shows_every_case():
+    """docs/errors.md cannot silently go stale: each case of CASES has a row there (printed by
+    `python docs/errors_table.py`) of its command, exit 2, whose line holds every needle the case checks above."""
+    import re
+
+    text = (ROOT / "docs" / "errors.md").read_text()
+    rows = re.findall(r"^\| .+? \| `([\w-]+)` \| (\d+) \| (.+) \|$", text, re.MULTILINE)
+    code = [(command, status, re.fullmatch(r"(`+) ?(.*?) ?\1", cell)) for command, status, cell in rows]
+    lines = [(command, status, m.group(2).replace("\\|", "|")) for command, status, m in code if m]  # one code span
+    missing = [case for case, (args, needles) in CASES.items()
+               if not any(command == args[0] and status == "2" and line.startswith(f"eqseg {args[0]}: error: ")
+                          and all(needle in line for needle in needles) for command, status, line in lines)]
+    assert not missing, f"docs/errors.md has no row for {missing}: paste the rows of `python docs/errors_table.py`"

@@ -169,6 +169,35 @@ def test_snakemake_rules_quote_every_placeholder_and_capture_both_streams():
         assert cmd.endswith("> {log:q} 2>&1"), cmd
 
 
+def test_both_orchestrators_plan_teacher_pseudo_labels_and_student_for_grid_distill(tmp_path):
+    """With grid.distill, Snakemake's plan and DVC's stages hold the same pseudo-label and student outputs, and the
+    student's inputs are its teacher's pseudo-labels (a dry run and `dvc stage list`: nothing is trained)."""
+    repo = copy_repo(tmp_path / "repo")
+    p = yaml.safe_load((repo / SMOKE).read_text())
+    p["grid"].update(supervision=["full", "points"], distill=["points"])
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    plan = run(["snakemake", "-n", "--cores", "2", "--configfile", "params.yaml"], cwd=repo).stdout
+    assert job_counts(plan)["distill"] == 4
+    def folders(paths):  # the cell folder of every distill-related output (results/<kind>/CELL[/testset])
+        depth = {"pseudo": 8, "models": 8, "eval": 9, "predict": 9}
+        return {"/".join(p.split("/")[:depth[p.split("/")[1]]]) for p in paths
+                if p.split("/")[1] in depth and ("pseudo" in p or "+distill" in p)}
+
+    planned = folders(o.rstrip(",") for o in re.findall(r"output: (results/\S+(?:, results/\S+)*)", plan)
+                      for o in o.split(", "))
+    run(["dvc", "init", "-q", "--no-scm"], cwd=repo)
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:  # the stages DVC resolves from dvc.yaml's matrices and params.yaml
+        stages = {st.addressing.rsplit(":", 1)[-1]: {o.def_path for o in st.outs} for st in dvc.index.stages}
+    dvc_outs = folders(o for outs in stages.values() for o in outs)
+    assert planned == dvc_outs and len(planned) == 4 + 4 + 4 * 2 + 2 * 2  # pseudo, students, their evals, predicts
+    assert len([n for n in stages if n.startswith("distill@")]) == 4
+    assert len([n for n in stages if n.startswith("train_distill@")]) == 4
+    student = next(b for b in plan.split("\n\n") if "output: results/models/spacenet_atlanta/unet/points+distill/" in b)
+    assert "results/pseudo/spacenet_atlanta/unet/points/d4/b50/seed0" in student
+
+
 # --- Snakemake ----------------------------------------------------------------------------------------------
 
 
@@ -214,6 +243,32 @@ def test_snakemake_refuses_names_outside_the_wildcard_constraints(snake_repo):
         assert proc.returncode != 0, target
         assert "MissingRuleException" in proc.stdout + proc.stderr or "No rule to produce" in proc.stdout + proc.stderr
     assert not (snake_repo / "INJECTED").exists()
+
+
+@pytest.mark.e2e
+def test_snakemake_report_shows_the_studys_outputs_with_captions(snake_repo, tmp_path):
+    """`snakemake --report` after the run: one HTML page with every output the rules mark with report(), in its
+    category, with captions rendered from workflow/report/*.rst (the wildcards filled in, no reST errors)."""
+    html_file = tmp_path / "report.html"
+    proc = run(["snakemake", "--report", str(html_file), "--configfile", SMOKE], cwd=snake_repo)
+    assert "(ERROR/" not in proc.stdout + proc.stderr  # a caption docutils could not parse
+    html = html_file.read_text()
+    assert html_file.stat().st_size > 100_000 and "System Message" not in html
+    for name in ("miou.png", "budget.png", "summary.csv", "confusion.png", "predictions.png", "curves.png", "cka.png"):
+        assert name in html, name
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", html, re.S).group(1))
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", html, re.S).group(1))
+    assert set(categories) == {"Study", "Training", "Evaluation", "Comparison"}
+    assert set(categories["Training"]) == {"cpm15_slides", "spacenet_atlanta"}
+    assert "cpm15_slides tested on cpm15" in categories["Evaluation"]
+    shown = set(results)
+    assert {f"{model_dir(*c)}/curves.png" for c in CELLS} <= shown
+    assert {eval_file(*c).replace("metrics.json", "confusion.png") for c in CELLS + EXTERNAL} <= shown
+    assert {"results/report/miou.png", "results/report/cells.csv", "results/compare/cpm15_slides/unet_vs_p4m/cka.png"} <= shown
+    curves = results[f"{model_dir('spacenet_atlanta', 'p4m_unet', 'full', 0)}/curves.png"]
+    assert curves["labels"] == {"model": "p4m_unet", "supervision": "full", "variant": "d4", "budget": "50 %", "seed": "0"}
+    assert "Training of p4m_unet on spacenet_atlanta" in curves["caption"]
+    assert "eqseg: equivariant segmentation" in html  # the global description (workflow/report/workflow.rst)
 
 
 # --- DVC ----------------------------------------------------------------------------------------------------
@@ -337,10 +392,15 @@ def test_snakemake_reruns_training_not_tiling_after_a_train_param_change(snake_r
     tiles = snake_repo / "results/tiles/cpm15_slides/images.npy"
     before = tiles.stat().st_mtime_ns
     set_epochs(snake_repo / SMOKE, 1)
-    proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE], cwd=snake_repo, timeout=PIPELINE_TIMEOUT)
-    counts = job_counts(proc.stdout + proc.stderr)
+    # one cell's scores as the target keeps the test short; every cell's training is out of date the same way
+    target = eval_file("spacenet_atlanta", "unet", "full", 0)
+    plan = run(["snakemake", "-n", "--cores", "2", "--configfile", SMOKE], cwd=snake_repo)
+    counts = job_counts(plan.stdout + plan.stderr)
     assert counts.get("train") == len(CELLS) and counts.get("evaluate") == len(CELLS) + len(EXTERNAL)
     assert "tile" not in counts and "weak" not in counts
+    proc = run(["snakemake", target, "--cores", "2", "--configfile", SMOKE], cwd=snake_repo, timeout=PIPELINE_TIMEOUT)
+    assert job_counts(proc.stdout + proc.stderr) == {"train": 1, "evaluate": 1, "total": 2}
+    assert json.loads((snake_repo / model_dir("spacenet_atlanta", "unet", "full", 0) / "config.json").read_text())["train"]["epochs"] == 1
     assert tiles.stat().st_mtime_ns == before
 
 

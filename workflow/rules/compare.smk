@@ -4,7 +4,9 @@ rule compare:
         b=lambda w: paths.MODEL.format(**compare_entry(w).cell("b")),
         tiles=paths.TILES,
     output:
-        directory(paths.COMPARE),
+        # its heat maps in `snakemake --report` (report() annotates the folder; its path stays that of dvc.yaml)
+        report(directory(paths.COMPARE), patterns=["{plot,cka|invariance}.png"], caption="../report/compare.rst",
+               category="Comparison", subcategory="{dataset}", labels={"comparison": "{name}", "figure": "{plot}"}),
     params:
         cfg=lambda w: section(compare_entry(w), P.normalise, P.evaluate),
     log:

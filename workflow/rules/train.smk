@@ -12,7 +12,11 @@ rule train:
         tiles=paths.TILES,
         labels=train_labels,
     output:
-        directory(paths.MODEL),
+        # curves.png in `snakemake --report` (report() annotates the folder; its path stays that of dvc.yaml)
+        report(directory(paths.MODEL), patterns=["{plot,curves}.png"], caption="../report/curves.rst",
+               category="Training", subcategory="{dataset}",
+               labels={"model": "{model}", "supervision": "{supervision}", "variant": "{variant}",
+                       "budget": "{budget} %", "seed": "{seed}"}),
     params:
         cfg=lambda w: section(P.train, P.model_options(w.model), P.normalise, P.mlflow),
     log:

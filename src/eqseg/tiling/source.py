@@ -12,6 +12,8 @@ with hasattr/getattr:
   background    class id of the pixels that were skipped rather than read (slides: non-tissue is class 0);
                 None where skipped pixels are nodata
   empty_reason  why a source without a single valid pixel has none, for the one-line error
+  will_read     told the rows of tiles about to be read, in order, before the first (GeoTIFF scenes read the
+                strips they need ahead exactly; the others ignore it)
 
 `open_sources(cfg, root)`, `source_names(cfg, root)` and `open_source(cfg, name, root)` dispatch on the dataset's
 `kind` (pairs, geotiff, slide) through one table; nothing else needs to know which kinds exist.
@@ -60,6 +62,9 @@ class Source(Protocol):
     def read_tile(self, row: int, col: int, size: int, row_end: int, col_end: int) -> TileRead:
         """The size x size tile at (row, col): pixels of [row, row_end) x [col, col_end) inside, padding outside."""
 
+    def will_read(self, rows: list[tuple[int, int]]) -> None:
+        """(row, height) of every row of tiles about to be read, in reading order (a hint for reading ahead)."""
+
     def close(self) -> None: ...
 
 
@@ -72,6 +77,9 @@ class SourceDefaults:
     downsample = 1.0
     background: int | None = None
     empty_reason: ClassVar[str] = "every pixel is nodata"
+
+    def will_read(self, rows: list[tuple[int, int]]) -> None:
+        """No reading ahead to plan."""
 
 
 # --------------------------------------------------------------------------------------------- dispatch on kind
