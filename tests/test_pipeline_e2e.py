@@ -169,6 +169,19 @@ def test_snakemake_rules_quote_every_placeholder_and_capture_both_streams():
         assert cmd.endswith("> {log:q} 2>&1"), cmd
 
 
+@pytest.mark.parametrize("params_file", ["params.yaml", SMOKE])
+def test_dvc_resolves_every_stage_of_the_shipped_params(params_file, tmp_path):
+    """Every key dvc.yaml interpolates (grid axes, test_on, distill, compare, slides) is in the file DVC reads."""
+    from dvc.repo import Repo
+
+    repo = copy_repo(tmp_path / "repo")
+    shutil.copy(ROOT / params_file, repo / "params.yaml")
+    run(["dvc", "init", "-q", "--no-scm"], cwd=repo)
+    with Repo(str(repo)) as dvc:
+        names = {st.addressing.rsplit(":", 1)[-1].split("@")[0] for st in dvc.index.stages}
+    assert {"tile", "weak", "train", "evaluate", "predict", "report"} <= names
+
+
 def test_both_orchestrators_plan_teacher_pseudo_labels_and_student_for_grid_distill(tmp_path):
     """With grid.distill, Snakemake's plan and DVC's stages hold the same pseudo-label and student outputs, and the
     student's inputs are its teacher's pseudo-labels (a dry run and `dvc stage list`: nothing is trained)."""
