@@ -404,6 +404,7 @@ def test_dvc_push_then_pull_restores_metrics_plots_and_report(dvc_repo, tmp_path
 def test_snakemake_reruns_training_not_tiling_after_a_train_param_change(snake_repo):
     tiles = snake_repo / "results/tiles/cpm15_slides/images.npy"
     before = tiles.stat().st_mtime_ns
+    epochs = yaml.safe_load((snake_repo / SMOKE).read_text())["train"]["epochs"]
     set_epochs(snake_repo / SMOKE, 1)
     # one cell's scores as the target keeps the test short; every cell's training is out of date the same way
     target = eval_file("spacenet_atlanta", "unet", "full", 0)
@@ -414,6 +415,11 @@ def test_snakemake_reruns_training_not_tiling_after_a_train_param_change(snake_r
     proc = run(["snakemake", target, "--cores", "2", "--configfile", SMOKE], cwd=snake_repo, timeout=PIPELINE_TIMEOUT)
     assert job_counts(proc.stdout + proc.stderr) == {"train": 1, "evaluate": 1, "total": 2}
     assert json.loads((snake_repo / model_dir("spacenet_atlanta", "unet", "full", 0) / "config.json").read_text())["train"]["epochs"] == 1
+    # back to the smoke params: that cell trains again, with what follows from it; the rest was never touched
+    set_epochs(snake_repo / SMOKE, epochs)
+    proc = run(["snakemake", "--cores", "2", "--configfile", SMOKE], cwd=snake_repo, timeout=PIPELINE_TIMEOUT)
+    assert job_counts(proc.stdout + proc.stderr) == {"train": 1, "evaluate": 1, "predict": 1, "report": 1, "all": 1,
+                                                     "total": 5}
     assert tiles.stat().st_mtime_ns == before
 
 

@@ -28,12 +28,13 @@ def test_snakemake_slurm_profile_runs_the_chain(slurm_env, tmp_path):
     repo = copy_repo(tmp_path / "repo")
     env = tool_env() | slurm_env
     cmd = [
-        "timeout", "-k", "10", "540", "snakemake", "--profile", "workflow/profiles/slurm",
+        "timeout", "-k", "10", "540", "snakemake",
+        TARGET,  # first (options take several values): one cell's chain, since the executor, not the grid, is under test
+        "--profile", "workflow/profiles/slurm",
         "--configfile", "tests/smoke/params.yaml", "--jobs", "2",
         "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
         "--default-resources", "mem_mb=1000", "runtime=10", "cpus_per_task=1",
         "--set-resources", "train:cpus_per_task=1",
-        TARGET,  # one cell's chain (slides, tile, weak, train, evaluate): the executor, not the grid, is under test
     ]
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-5000:]

@@ -88,6 +88,12 @@ def start(folder: Path, cpus: int = 2, mem_mb: int = 4000) -> dict[str, str]:
 def stop(folder: Path) -> None:
     """Stop the daemons `start` started (slurmd, slurmctld, and munged if it was not running before) and wait for
     them to exit, so no test leaves a process behind."""
+    # jobs first: a test that timed out leaves its jobs running, and slurmstepd outlives the daemons
+    for args in (["--full", "--signal=KILL"], []):
+        try:
+            subprocess.run(["scancel", *args, "--user", str(os.getuid())], capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
     pids = []
     for name in ("slurmd.pid", "slurmctld.pid"):
         pid_file = folder / name
@@ -110,6 +116,15 @@ def stop(folder: Path) -> None:
             time.sleep(0.1)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+    # whatever a job started and survived: its step daemons and processes running from this cluster's spool
+    for pattern in ("slurmstepd", str(folder)):
+        out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+        for pid in map(int, out):
+            if pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def _alive(pid: int) -> bool:
