@@ -203,10 +203,12 @@ def main() -> None:
             runs[kind].append(measure(kind.removesuffix("_baseline"), scene, labels, args.tile, src))
             print(f"run {i + 1} {kind}: {runs[kind][-1]}", flush=True)
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
+    median = {k: float(np.median([r["seconds"] for r in v])) for k, v in runs.items()}
     result = dict(
         size=args.size, tile=args.tile, cores=os.cpu_count(), scene_mib=scene.stat().st_size / 2**20,
         decode_best_s=best["decode"]["seconds"], tile_best_s=best["tile"]["seconds"],
         speed_ratio=best["decode"]["seconds"] / best["tile"]["seconds"],
+        median_s=median, median_speed_ratio=median["decode"] / median["tile"],
         tile_peak_rss_mib=max(r["peak_rss_mib"] for r in runs["tile"]),
         decode_peak_rss_mib=max(r["peak_rss_mib"] for r in runs["decode"]),
         baseline_tile_best_s=best["tile_baseline"]["seconds"] if args.baseline_src else None,
@@ -218,7 +220,7 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"decode {result['decode_best_s']:.1f}s, tile {result['tile_best_s']:.1f}s: tiling at "
-          f"{result['speed_ratio']:.2f}x the decoding speed (goal >= 0.85); peak RSS {result['tile_peak_rss_mib']:.0f} MiB "
+          f"{result['speed_ratio']:.2f}x the decoding speed (goal >= 0.85; medians: {result['median_speed_ratio']:.2f}x); peak RSS {result['tile_peak_rss_mib']:.0f} MiB "
           f"(goal < 1024); load average {min(result['load_average']):.1f}-{max(result['load_average']):.1f}")
     if args.baseline_src:
         print(f"baseline ({args.baseline_src}): tile {result['baseline_tile_best_s']:.1f}s, {result['baseline_speed_ratio']:.2f}x")

@@ -21,6 +21,7 @@ with hasattr/getattr:
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, runtime_checkable
@@ -113,15 +114,19 @@ def _open_scenes(cfg, root: Path, only: str | None) -> list:
     from eqseg.tiling.sources import IGNORE, GeoSource, load_vector_labels, open_raster
 
     sources = []
-    for scene in cfg.scenes:
-        raster = root / scene.raster
-        if only is not None and raster.stem != only:
-            continue
-        with open_raster(raster) as ds:
-            crs, bounds = ds.crs, ds.bounds
-        shapes = load_vector_labels(root / scene.labels, raster, crs, bounds, cfg.class_field, cfg.class_values,
-                                    len(cfg.classes), cfg.layer)
-        sources.append(GeoSource(raster, shapes, cfg.all_touched, IGNORE if cfg.unlabelled == "ignore" else 0))
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labels")  # vector labels load (geopandas import
+    try:  # included) while the first strips decode; a bad label file raises when its first strip is labelled
+        for scene in cfg.scenes:
+            raster = root / scene.raster
+            if only is not None and raster.stem != only:
+                continue
+            with open_raster(raster) as ds:
+                crs, bounds = ds.crs, ds.bounds
+            shapes = loader.submit(load_vector_labels, root / scene.labels, raster, crs, bounds, cfg.class_field,
+                                   cfg.class_values, len(cfg.classes), cfg.layer)
+            sources.append(GeoSource(raster, shapes, cfg.all_touched, IGNORE if cfg.unlabelled == "ignore" else 0))
+    finally:
+        loader.shutdown(wait=False)
     return sources
 
 

@@ -145,6 +145,11 @@ class _Decoded:
     scratch: np.ndarray
 
 
+def _window_covers(win, row: int, col: int, height: int, width: int) -> bool:
+    """Whether a rasterio window holds the region [row, row+height) x [col, col+width)."""
+    return win.row_off <= row and row + height <= win.row_off + win.height and win.col_off <= col and col + width <= win.col_off + win.width
+
+
 def aligned_span(start: int, stop: int, block: int, limit: int) -> tuple[int, int]:
     """[start, stop) widened outwards to whole blocks, clipped to [0, limit)."""
     return (start // block) * block, min(limit, -(-stop // block) * block)
@@ -163,7 +168,7 @@ class GeoSource(SourceDefaults):
     """
 
     path: Path
-    shapes: list = field(repr=False)  # (geometry, class id) pairs in the raster's CRS
+    shapes: list | Future = field(repr=False)  # (geometry, class id) pairs in the raster's CRS, or their loading
     all_touched: bool = False
     fill: int = 0  # the label of valid pixels under no shape: 0 (background) or IGNORE (unknown, partial labels)
 
@@ -190,10 +195,7 @@ class GeoSource(SourceDefaults):
             self._step = max(1, min(self.height, self.width) // 512)
             shape = (max(1, self.height // self._step), max(1, self.width // self._step))
             self._coarse = self._ds.dataset_mask(out_shape=shape) > 0
-        geoms = [g for g, _ in self.shapes]
-        from shapely import STRtree
-
-        self._tree = STRtree(geoms) if geoms else None
+        self._tree: object | None = None  # STRtree of the shapes, built when the first strip is labelled
 
     def footprint(self, row: int, col: int, height: int, width: int):
         x0, y0 = self.transform @ (col, row)
@@ -231,9 +233,6 @@ class GeoSource(SourceDefaults):
             valid.fill(True)
         if np.issubdtype(data.dtype, np.floating):
             valid &= ~np.isnan(data).any(axis=0)
-
-    def _read_strip(self, row: int, col: int, height: int, width: int) -> Strip:
-        return self._complete(self._decode(row, col, height, width))
 
     def _decode(self, row: int, col: int, height: int, width: int) -> _Decoded:
         """The pixels of the block-aligned window holding [row, row+height) x [col, col+width) (and their
@@ -282,8 +281,14 @@ class GeoSource(SourceDefaults):
     def _rasterise(self, win, out: np.ndarray) -> None:
         """The labels of a window into `out` (uint8, the window's shape)."""
         out.fill(self.fill)
-        if self._tree is None:
+        if isinstance(self.shapes, Future):  # labels loaded beside the first decoding; their errors surface here
+            self.shapes = self.shapes.result()
+        if not self.shapes:
             return
+        if self._tree is None:
+            from shapely import STRtree
+
+            self._tree = STRtree([g for g, _ in self.shapes])
         hits = self._tree.query(self.footprint(int(win.row_off), int(win.col_off), *out.shape))
         if len(hits):
             rasterio.features.rasterize(
@@ -311,31 +316,39 @@ class GeoSource(SourceDefaults):
 
     def will_read(self, rows: list[tuple[int, int]]) -> None:
         """(row, height) of the rows of tiles about to be read, in order: the strip read ahead is then the one the
-        next row needs (rows shifted back at a block's or the scene's end are not where a stride would put them)."""
+        next row needs (rows shifted back at a block's or the scene's end are not where a stride would put them),
+        and the first one starts decoding now, while the caller still prepares."""
         self._rows = sorted(set(rows))
+        if self._rows and self._next is None and self._strip is None:
+            first, height = self._rows[0]
+            self._next = self._pool.submit(self._decode, first, 0, self._reach(first, height), self.width)
 
     def _take_strip(self, row: int, col: int, height: int, width: int) -> Strip:
-        """The prefetched strip if it covers the request (else a fresh read); then start reading the one the next
-        row of tiles needs: the next row told by will_read that this strip does not cover, or else a guess that rows
-        keep advancing by the same stride."""
+        """The prefetched strip if it covers the request (else a fresh read); before completing it (validity,
+        labels), start reading the one the next row of tiles needs, so that the reading thread never waits for
+        this one: the next row told by will_read that this strip does not cover, or else a guess that rows keep
+        advancing by the same stride."""
         nxt, self._next = self._next, None
-        strip = self._complete(nxt.result()) if nxt is not None else None
-        if strip is None or not strip.covers(row, col, height, width):
-            strip = self._read_strip(row, col, self._reach(row, height), width)
-        if not (strip.col0 == 0 and strip.data.shape[2] == self.width):
-            return strip  # column chunks of a very wide raster: read when asked
+        decoded = nxt.result() if nxt is not None else None
+        if decoded is None or not _window_covers(decoded.win, row, col, height, width):
+            decoded = self._decode(row, col, self._reach(row, height), width)
+        win = decoded.win
+        if win.col_off == 0 and win.width == self.width:  # column chunks of a very wide raster: read when asked
+            ahead = self._row_ahead(win, row, col, height, width)
+            if ahead is not None:
+                self._next = self._pool.submit(self._decode, ahead[0], 0, self._reach(*ahead), self.width)
+        return self._complete(decoded)
+
+    def _row_ahead(self, win, row: int, col: int, height: int, width: int) -> tuple[int, int] | None:
+        """(row, height) of the next row of tiles that the window does not cover, or None at the end."""
         if self._rows:
             k = bisect.bisect_right(self._rows, (row, self.height))
-            ahead = next(((r, h) for r, h in self._rows[k:] if not strip.covers(r, 0, h, self.width)), None)
-        else:
-            stride = row - self._last_row if self._last_row is not None and row > self._last_row else height
-            r = row + stride
-            while r < self.height and strip.covers(r, col, min(height, self.height - r), width):
-                r += stride  # rows of tiles this strip still serves
-            ahead = (r, min(height, self.height - r)) if r < self.height else None
-        if ahead is not None:
-            self._next = self._pool.submit(self._decode, ahead[0], 0, self._reach(*ahead), self.width)
-        return strip
+            return next(((r, h) for r, h in self._rows[k:] if not _window_covers(win, r, 0, h, self.width)), None)
+        stride = row - self._last_row if self._last_row is not None and row > self._last_row else height
+        r = row + stride
+        while r < self.height and _window_covers(win, r, col, min(height, self.height - r), width):
+            r += stride  # rows of tiles this strip still serves
+        return (r, min(height, self.height - r)) if r < self.height else None
 
     def _reach(self, row: int, height: int) -> int:
         """How many rows from `row` to read for a row of tiles of that height: with the rows told by will_read, the

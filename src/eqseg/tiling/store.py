@@ -356,9 +356,6 @@ def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset | SlideDatase
 
 
 def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -> StoreMeta:
-    import geopandas as gpd
-    import pandas as pd
-
     bands = {s.bands for s in sources}
     if len(bands) != 1:
         raise EqsegError(f"datasets.{name}: sources have different band counts {sorted(bands)}")
@@ -414,6 +411,9 @@ def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -
             **{f"px_{cls}": counts[:, k] for k, cls in enumerate(classes)},
             px_unlabelled=counts[:, -1], crs=crs_of[src_i],
         )
+        import geopandas as gpd  # here, not above: scene labels load (and import it) while the first strips decode
+        import pandas as pd
+
         index = gpd.GeoDataFrame(pd.DataFrame(columns), geometry=geometry)
         crss = set(crs_of[src_i].tolist())
         index = index.set_crs(crss.pop() if len(crss) == 1 and "" not in crss else None, allow_override=True)
