@@ -64,6 +64,17 @@ def test_default_and_smoke_params_are_valid(root):
         assert p.grid.datasets and p.mlflow.tracking_uri.startswith("sqlite:///")
 
 
+def test_shipped_configs_are_valid_and_the_pilot_is_the_study_on_a_smaller_grid(root):
+    """Every config in configs/ loads; the pilot differs from the study only in what it runs (grid, compare), so
+    its numbers are the study's cells."""
+    loaded = {f.name: load_params(f) for f in sorted((root / "configs").glob("*.yaml"))}
+    assert {"study.yaml", "study_pilot.yaml", "selftrain.yaml", "weak_study.yaml"} <= set(loaded)
+    study, pilot = loaded["study.yaml"].model_dump(), loaded["study_pilot.yaml"].model_dump()
+    assert [k for k in study if study[k] != pilot[k]] == ["grid", "compare"]
+    cells = {tuple(c.items()) for c in loaded["study_pilot.yaml"].cells()}
+    assert len(cells) == 36 and cells <= {tuple(c.items()) for c in loaded["study.yaml"].cells()}
+
+
 def test_tile_size_must_suit_model_depth(root):
     raw = yaml.safe_load((root / "tests/smoke/params.yaml").read_text())
     raw["tile"]["size"] = 66
