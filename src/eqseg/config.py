@@ -405,7 +405,7 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     num_workers: int = Field(1, ge=0)
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = automatic")
+    threads: int = Field(0, ge=0, description="torch CPU threads of one training (the cores Snakemake reserves for it); 0 = all cores minus loader workers")
     nproc: int = Field(1, ge=1, description="data-parallel processes (one per GPU) launched by torchrun; 1: plain")
     max_train_tiles: int | None = Field(None, gt=0, description="cap on train tiles (smoke runs, label budgets)")
     loss: dict[str, Any] = Field({"ce": 1.0}, description="weighted loss terms: ce, lovasz, dice, mil, consistency")

@@ -21,7 +21,9 @@ rule train:
         cfg=lambda w: section(P.train, P.model_options(w.model), P.normalise, P.mlflow),
     log:
         "results/logs/train/" + paths.CELL + ".log",
-    threads: 2
+    # the torch threads of one training (train.threads) are the cores reserved; 0 (torch takes every core but the
+    # loader workers') reserves 2. Not workflow.cores: SLURM runs give no --cores
+    threads: P.train.threads or 2
     shell:
         "eqseg train --params {PARAMS_FILE:q} --dataset {wildcards.dataset:q} --model {wildcards.model:q}"
         " --supervision {wildcards.supervision:q} --variant {wildcards.variant:q} --budget {wildcards.budget:q}"

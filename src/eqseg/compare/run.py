@@ -24,10 +24,12 @@ from eqseg.utils.atomic import atomic_dir, write_json
 
 
 def test_batches(store: TileStore, ids: np.ndarray, info, mode: str, batch_size: int, device) -> list[torch.Tensor]:
+    """The tiles in batches of nearly equal size, at most `batch_size` but as few batches as that allows: debiased
+    CKA needs >= 4 examples a batch, which a remainder batch (58 tiles by 8: 8 x 7 + 2) would not have."""
     normaliser = normaliser_for(mode, info, store, ids)
     ids = np.sort(ids)
-    return [torch.from_numpy(normalised_tiles(store, ids[i : i + batch_size], normaliser)).to(device)
-            for i in range(0, len(ids), batch_size)]
+    return [torch.from_numpy(normalised_tiles(store, part, normaliser)).to(device)
+            for part in np.array_split(ids, -(-len(ids) // batch_size))]
 
 
 def compare(params: Params, model_a: Path, model_b: Path, tiles: Path, out: Path, max_tiles: int = 64,
