@@ -9,8 +9,7 @@ import numpy as np
 from scipy.cluster.vq import kmeans2, vq
 
 from eqseg.errors import EqsegError
-
-IGNORE = 255
+from eqseg.labels import IGNORE  # noqa: F401  (re-exported to the classical methods)
 
 
 def check_image(image, where: str) -> np.ndarray:

@@ -30,7 +30,7 @@ from eqseg.metrics import IGNORE, confusion, scores
 from eqseg.metrics.objects import ObjectScores, instances_from_classes
 from eqseg.metrics.ranking import HistogramAP, dice_scores
 from eqseg.predict.stitch import RowBand
-from eqseg.predict.writer import RowWriter, add_overviews, class_colours, profile, write_class_styles
+from eqseg.predict.writer import GeoTiffRowWriter, add_overviews, class_colours, profile, write_class_styles
 from eqseg.tiling import grid
 from eqseg.tiling.source import open_source, source_names
 from eqseg.tiling.sources import GDAL_CACHE_BYTES
@@ -136,8 +136,8 @@ def predict_source(
     progress = tqdm(total=len(rows) * len(cols), desc=f"predict {source.name}", unit="window", disable=None, leave=False)
     # A small GDAL block cache: written rows of blocks go to the file at once instead of piling up in memory.
     with progress, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), atomic_file(out) as tmp, _proba_target(proba_out) as tmp_p:
-        maps = RowWriter(tmp, **profile(H, W, 1, "uint8", source.crs, transform, 255))
-        probs_w = RowWriter(tmp_p, **profile(H, W, K, cfg.probabilities, source.crs, transform,
+        maps = GeoTiffRowWriter(tmp, **profile(H, W, 1, "uint8", source.crs, transform, 255))
+        probs_w = GeoTiffRowWriter(tmp_p, **profile(H, W, K, cfg.probabilities, source.crs, transform,
                                              None if cfg.probabilities == "uint8" else float("nan"))) if tmp_p else None
         _describe_output(maps.dataset, source, classes)
         if probs_w:

@@ -33,7 +33,7 @@ def profile(height: int, width: int, count: int, dtype, crs, transform, nodata) 
     )
 
 
-class RowWriter:
+class GeoTiffRowWriter:
     """Append rows (count, n, width) to a GeoTIFF, flushing them to the file only in whole rows of blocks."""
 
     def __init__(self, path: Path, **prof):

@@ -28,9 +28,9 @@ from rasterio.errors import RasterioIOError
 from shapely.geometry import box
 
 from eqseg.errors import EqsegError
+from eqseg.labels import IGNORE
 from eqseg.tiling.source import SourceDefaults
 
-IGNORE = 255
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 

@@ -145,7 +145,7 @@ def _store_dtype(sources: list) -> np.dtype:
     return np.result_type(*[s.dtype for s in sources])
 
 
-class RowWriter:
+class NpyRowWriter:
     """Rows of a new .npy file written with pwrite: unlike stores into a memmap, written pages are not counted in
     the process's resident memory, which therefore stays flat however large the store grows."""
 
@@ -178,10 +178,10 @@ class TileWriter:
 
     def __init__(self, folder: Path, capacity: int, bands: int, size: int, dtype, num_classes: int, batch: int = 32,
                  ahead: int | None = None, workers: int | None = None):
-        self._images = RowWriter(folder / "images.npy", (capacity, bands, size, size), dtype)
+        self._images = NpyRowWriter(folder / "images.npy", (capacity, bands, size, size), dtype)
         self._values = [*range(num_classes), IGNORE]  # what a mask holds: class ids, 255 = no label
         self._value_index = {v: k for k, v in enumerate(self._values)}
-        self._masks = RowWriter(folder / "masks.npy", (capacity, size, size), np.uint8)
+        self._masks = NpyRowWriter(folder / "masks.npy", (capacity, size, size), np.uint8)
         workers = workers or min(4, usable_cpus())
         self._batch_size, self._ahead = batch, ahead or workers + 1
         self._shape = (bands, size, size)
