@@ -189,16 +189,17 @@ def plot_budget(w: pd.DataFrame, path: Path) -> None:
 
 
 def plot_external(w: pd.DataFrame, path: Path) -> None:
-    """In-domain against other test sets, per model and variant (full budget)."""
+    """In-domain against other test sets, per model and variant (full budget), mean ± std over seeds."""
     plt = _plt()
     sub = w[w.budget == w.budget.max()]
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
     for i, ((d, t), part) in enumerate(sub.groupby(["dataset", "test_set"], sort=False)):
         labels = [f"{r.model}/{r.variant}" for r in part.itertuples()]
         x = np.arange(len(part)) + i * 0.25
-        ax.bar(x, part.miou_macro, 0.25, label=f"trained on {d}, tested on {t}")
+        ax.bar(x, part.miou_macro, 0.25, yerr=part.get("miou_macro_std", pd.Series(0.0, index=part.index)).fillna(0),
+               capsize=2, label=f"trained on {d}, tested on {t}")
         ax.set_xticks(np.arange(len(part)), labels, fontsize=7)
-    ax.set_ylabel("test mIoU (macro)")
+    ax.set_ylabel("test mIoU (macro), mean ± std over seeds")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
