@@ -163,6 +163,19 @@ def test_group_mean_max_pool(group):
     torch.testing.assert_close(plain(x), y)
 
 
+@pytest.mark.parametrize("group", [P4, P4M], ids=lambda g: g.name)
+def test_group_mean_max_pool_gradient_is_that_of_mean_and_amax(group):
+    """The pooling takes `max(dim)` for speed: without ties its gradient is exactly amax's (to the arg max)."""
+    x = torch.randn(2, 3 * group.order, 6, 6, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 6, 6, 6, dtype=torch.float64)
+    (GroupMeanMaxPool(group, 3)(x) * weights).sum().backward()
+    fast = x.grad.clone()
+    x.grad = None
+    fields = x.view(2, 3, group.order, 6, 6)
+    (torch.cat([fields.mean(2), fields.amax(2)], dim=1) * weights).sum().backward()
+    torch.testing.assert_close(fast, x.grad, rtol=0, atol=1e-15)
+
+
 def test_autocast_without_dtype_assumptions():
     model = build("p4m_unet", 3, 2, width=16).eval()
     x = torch.randn(1, 3, TILE, TILE)

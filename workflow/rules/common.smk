@@ -13,6 +13,10 @@ from eqseg.tiling.sources import find_pairs
 DIGITS_DATA = "data/mnist5k/mnist_5k.csv.gz"  # the bundled MNIST sample (`eqseg digits`; `data/mnist5k` in dvc.yaml)
 RASTER_SIDECARS = (".aux.xml", ".ovr", ".msk")  # files GDAL reads beside a raster
 SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg")
+# Which ready job runs first (higher first; the rest have 0): data preparation, then the trainings (the long jobs),
+# then scoring; the digits check and the report fill the cores last. Without them Snakemake ran the digits check and
+# a finished cell's evaluation before starting the next training, and the short jobs piled up serially at the end.
+PRIORITY = {"prepare": 3, "train": 2, "score": 1}
 
 
 def grid_outputs(pattern):

@@ -9,6 +9,7 @@ rule compare:
                category="Comparison", subcategory="{dataset}", labels={"comparison": "{name}", "figure": "{plot}"}),
     params:
         cfg=lambda w: section(compare_entry(w), P.normalise, P.evaluate),
+    priority: PRIORITY["score"]
     log:
         "results/logs/compare/{dataset}/{name}.log",
     shell:

@@ -22,6 +22,7 @@ rule evaluate:
     params:
         cfg=lambda w: section(P.evaluate, P.normalise),
         out=paths.EVAL,
+    priority: PRIORITY["score"]
     log:
         "results/logs/evaluate/" + paths.CELL + "/{testset}.log",
     shell:

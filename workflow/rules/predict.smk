@@ -7,9 +7,10 @@ rule predict:
         directory(paths.PREDICT),
     params:
         cfg=lambda w: section(P.predict, P.normalise),
+    priority: PRIORITY["score"]
     log:
         "results/logs/predict/" + paths.CELL + "/{testset}.log",
-    threads: 2
+    threads: 1  # a core per scoring job, like evaluate: jobs side by side use CPUs better than threads
     shell:
         "eqseg predict-dataset --params {PARAMS_FILE:q} --model-dir {input.model:q} --dataset {wildcards.testset:q}"
         " --tiles {input.tiles:q} --out {output:q} > {log:q} 2>&1"

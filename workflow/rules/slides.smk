@@ -13,6 +13,7 @@ if P.slides:
             cfg=lambda w: section(P.slides[w.group]),
         wildcard_constraints:
             group="|".join(re.escape(g) for g in P.slides),
+        priority: PRIORITY["prepare"]
         log:
             "results/logs/slides/{group}.log",
         shell:

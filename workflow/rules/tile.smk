@@ -5,6 +5,7 @@ rule tile:
         directory(paths.TILES),
     params:
         cfg=lambda w: section(P.dataset(w.dataset), P.tile),
+    priority: PRIORITY["prepare"]
     log:
         "results/logs/tile/{dataset}.log",
     shell:

@@ -19,6 +19,7 @@ rule train:
                        "budget": "{budget} %", "seed": "{seed}"}),
     params:
         cfg=lambda w: section(P.train, P.model_options(w.model), P.normalise, P.mlflow),
+    priority: PRIORITY["train"]
     log:
         "results/logs/train/" + paths.CELL + ".log",
     # the torch threads of one training (train.threads) are the cores reserved; 0 (torch takes every core but the
@@ -41,6 +42,7 @@ rule distill:
         directory(paths.PSEUDO),
     params:
         cfg=lambda w: section(P.distill, P.train.max_train_tiles, P.normalise),
+    priority: PRIORITY["train"]
     log:
         "results/logs/distill/" + paths.CELL + ".log",
     shell:

@@ -5,6 +5,7 @@ rule weak:
         directory(paths.WEAK),
     params:
         cfg=lambda w: section(P.weak),
+    priority: PRIORITY["prepare"]
     log:
         "results/logs/weak/{dataset}/{supervision}.log",
     shell:

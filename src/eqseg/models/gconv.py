@@ -230,7 +230,11 @@ class GUpsample(GModule, nn.Upsample):
 
 class GroupMax(nn.Module):
     """Plain max over the group axis of flat regular fields, what GroupMaxPool exports to: the all-torch.nn
-    alternative, Unflatten + MaxPool3d((|G|, 1, 1)), measured 30x slower than `amax` on CPU."""
+    alternative, Unflatten + MaxPool3d((|G|, 1, 1)), measured 30x slower on CPU.
+
+    `max(dim).values`, not `amax`: the same values, and a backward that scatters the gradient to the arg max instead
+    of building a mask of every tied element, measured 1.7x faster (fwd + bwd) on the p4m head. The two differ only
+    at exact ties (amax splits the gradient among them), which ReLU-zero inputs give only where it is discarded."""
 
     def __init__(self, order: int):
         super().__init__()
@@ -238,7 +242,7 @@ class GroupMax(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        return x.reshape(b, c // self.order, self.order, h, w).amax(dim=2)
+        return x.reshape(b, c // self.order, self.order, h, w).max(dim=2).values
 
 
 class GroupMaxPool(GModule, GroupMax):
@@ -259,7 +263,7 @@ class GroupMaxPool(GModule, GroupMax):
 
 class GroupMeanMax(nn.Module):
     """Plain mean and max over the group axis of flat regular fields, concatenated: (B, F*|G|, H, W) ->
-    (B, 2F, H, W), the F means first. What GroupMeanMaxPool exports to."""
+    (B, 2F, H, W), the F means first. What GroupMeanMaxPool exports to. The max as in GroupMax (max, not amax)."""
 
     def __init__(self, order: int):
         super().__init__()
@@ -268,7 +272,7 @@ class GroupMeanMax(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         x = x.reshape(b, c // self.order, self.order, h, w)
-        return torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)
+        return torch.cat([x.mean(dim=2), x.max(dim=2).values], dim=1)
 
 
 class GroupMeanMaxPool(GModule, GroupMeanMax):
