@@ -7,6 +7,7 @@ Measures, in one run with the cases interleaved round by round (so that load fro
 of them alike; medians reported):
   * train step (forward, backward, SGD step) and inference of p4m_unet against unet, at equal raw channel count
     (match: channels) and at matched parameter count (match: params);
+  * p4m_unet's head pooling by `max(dim)` against the previous `amax` (same values; see GroupMax);
   * inference of the exported p4m_unet (plain torch.nn) against a plain unet of the same shape (goal: <= 1.1x);
   * our p4m group convolution against escnn's R2Conv on D4 (regular fields, same raw channels), training mode
     (goal: ours no slower). escnn pins numpy<2, so it runs in its own interpreter (--escnn-python), which
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -83,6 +85,16 @@ def conv_train_step(conv: torch.nn.Module, x) -> Callable[[], None]:
     return step
 
 
+def _amax_mean_max(self, x: torch.Tensor) -> torch.Tensor:
+    """The group U-Nets' head pooling before `max(dim)`: the reference of the head-pooling row."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c // self.order, self.order, h, w)
+    return torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)
+
+
+AMAX = "p4m_unet (match: channels), amax head pooling (before)"
+
+
 def bench_models(repeats: int) -> list[dict]:
     from eqseg.models import build, count_parameters
 
@@ -94,6 +106,8 @@ def bench_models(repeats: int) -> list[dict]:
         "p4m_unet (match: channels)": build("p4m_unet", CHANNELS, CLASSES, width=WIDTH, match="channels"),
         "p4m_unet (match: params)": build("p4m_unet", CHANNELS, CLASSES, width=WIDTH, match="params"),
     }
+    models[AMAX] = copy.deepcopy(models["p4m_unet (match: channels)"])
+    models[AMAX].head[1].forward = types.MethodType(_amax_mean_max, models[AMAX].head[1])
     fields = models["p4m_unet (match: params)"].fields
     models[f"unet width {fields * 8} (shape of the params-matched p4m)"] = build("unet", CHANNELS, CLASSES, width=fields * 8)
     exported = {
@@ -171,6 +185,7 @@ def report(rows: list[dict], conv_rows: list[dict] | None, note: str) -> str:
     lines = ["| model | raw channels | params | train step ms | inference ms | vs |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
+        same_shape[AMAX] = "p4m_unet (match: channels)"
         ref = base[same_shape[r["model"]]] if r["model"] in same_shape else unet
         vs = "" if r is ref else (
             f"infer {r['infer_ms'] / ref['infer_ms']:.2f}x of {ref['model']}" if r["train_ms"] is None else

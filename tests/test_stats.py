@@ -122,3 +122,18 @@ def test_summarise_rejects_bad_tables():
         summarise(pd.concat([t, t.iloc[:1]]))
     with pytest.raises(EqsegError, match="iou_x"):
         summarise(t, metrics=["iou_x"])
+
+
+def test_report_table_counts_parameters_per_dataset():
+    """The same model has another parameter count on a dataset with other bands: the table shows each."""
+    from eqseg.report import summarise as report_summary, to_markdown, wide
+
+    rows = [dict(dataset=d, testset=d, model=m, supervision="full", variant="d4", budget=100, seed=0,
+                 miou_macro=0.5, n_params=n)
+            for d, m, n in [("rgb", "unet", 488_018), ("rgb", "p4m_unet", 61_320),
+                            ("pan", "unet", 487_730), ("pan", "p4m_unet", 61_284)]]
+    table = pd.DataFrame(rows)
+    text = to_markdown(wide(report_summary(table)), table)
+    lines = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()[2:]}
+    assert "| 487,730 |" in lines[("pan", "pan", "unet")] and "| 488,018 |" in lines[("rgb", "rgb", "unet")]
+    assert "| 61,284 |" in lines[("pan", "pan", "p4m_unet")]

@@ -118,7 +118,8 @@ def _fmt(v, digits: int = 3) -> str:
 
 def to_markdown(w: pd.DataFrame, table: pd.DataFrame) -> str:
     """The main table: one row per cell, mean ± std over seeds, the paired difference to unet with its interval."""
-    size = table.groupby("model")[["n_params", "macs_per_tile"]].first() if "n_params" in table else None
+    # per dataset and model: the input bands (and classes) change the count
+    size = table.groupby(["dataset", "model"])["n_params"].first() if "n_params" in table else None
     lines = ["| dataset | test set | model | variant | supervision | budget | test mIoU | Δ vs unet [95 % CI] | "
              "TTA mIoU | AP (macro) | equiv. err. rot / refl | params | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -130,8 +131,9 @@ def to_markdown(w: pd.DataFrame, table: pd.DataFrame) -> str:
             f"{diff:+.3f} [{_fmt(r.get('miou_macro_diff_lo'))}, {_fmt(r.get('miou_macro_diff_hi'))}]" if n > 1 else f"{diff:+.3f}")
         equiv = f"{r.get('equivariance_error_rotations', np.nan):.1e} / {r.get('equivariance_error_reflections', np.nan):.1e}"
         params = "-"
-        if size is not None and r["model"] in size.index and pd.notna(size.loc[r["model"], "n_params"]):
-            params = f"{int(size.loc[r['model'], 'n_params']):,}"
+        key = (r["dataset"], r["model"])
+        if size is not None and key in size.index and pd.notna(size.loc[key]):
+            params = f"{int(size.loc[key]):,}"
         lines.append(f"| {r['dataset']} | {r['test_set']} | {r['model']} | {r['variant']} | {r['supervision']} | "
                      f"{int(r['budget'])} % | {_fmt(r.get('miou_macro'))}{std} | {delta} | {_fmt(r.get('tta_miou_macro'))} | "
                      f"{_fmt(r.get('ap_macro'))} | {equiv} | {params} | {n} |")
