@@ -232,7 +232,7 @@ def test_snakemake_runs_the_chain(snake_repo):
     for c in EXTERNAL:
         assert json.loads((snake_repo / eval_file(*c)).read_text())["n_test_tiles"] > 0
     report = (snake_repo / "results/report/report.md").read_text()
-    assert "| cpm15_slides | cpm15 |" in report and (snake_repo / "results/compare/cpm15_slides/unet_vs_p4m/cka.csv").is_file()
+    assert "| cpm15_slides | cpm15 |" in report and "## Per test set" in report and (snake_repo / "results/compare/cpm15_slides/unet_vs_p4m/cka.csv").is_file()
     again = run(["snakemake", "--cores", "2", "--configfile", SMOKE, "-n"], cwd=snake_repo)
     assert "Nothing to be done" in again.stdout + again.stderr
 

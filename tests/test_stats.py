@@ -137,3 +137,22 @@ def test_report_table_counts_parameters_per_dataset():
     lines = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()[2:]}
     assert "| 487,730 |" in lines[("pan", "pan", "unet")] and "| 488,018 |" in lines[("rgb", "rgb", "unet")]
     assert "| 61,284 |" in lines[("pan", "pan", "p4m_unet")]
+
+
+def test_report_has_a_column_per_test_set():
+    from eqseg.report import by_test_set, summarise as report_summary, wide
+
+    rows = [dict(dataset="a", testset=t, model=m, supervision="full", variant="none", budget=100, seed=seed,
+                 miou_macro=base + 0.01 * seed)
+            for t, shift in [("a", 0.0), ("b", -0.2)] for m, base0 in [("unet", 0.8), ("p4m_unet", 0.7)]
+            for base in [base0 + shift] for seed in range(3)]
+    rows += [dict(dataset="c", testset="c", model="unet", supervision="full", variant="none", budget=100, seed=0,
+                  miou_macro=0.5)]  # one test set only: not in the table
+    text = by_test_set(wide(report_summary(pd.DataFrame(rows))))
+    lines = text.splitlines()
+    assert lines[0] == "| dataset | model | variant | supervision | budget | a | b |"
+    assert "| a | unet | none | full | 100 % | 0.810 ± 0.010 | 0.610 ± 0.010 |" in lines
+    assert "| a | p4m_unet | none | full | 100 % | 0.710 ± 0.010 | 0.510 ± 0.010 |" in lines
+    assert not any(line.startswith("| c |") for line in lines)
+    single = [r for r in rows if r["dataset"] == "c"]
+    assert by_test_set(wide(report_summary(pd.DataFrame(single)))) == ""

@@ -140,6 +140,26 @@ def to_markdown(w: pd.DataFrame, table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def by_test_set(w: pd.DataFrame) -> str:
+    """Test mIoU (mean ± std over seeds) with a column per test set, for the trained datasets that have more than
+    one (grid.test_on): in-domain and external side by side. Empty when none has."""
+    counts = w.groupby("dataset").test_set.nunique()
+    sub = w[w.dataset.isin(counts[counts > 1].index)]
+    if sub.empty:
+        return ""
+    keys = ["dataset", "model", "variant", "supervision", "budget"]
+    cell = sub.assign(text=[_fmt(m) + (f" ± {_fmt(s)}" if n > 1 else "") for m, s, n in
+                            zip(sub.miou_macro, sub.get("miou_macro_std", np.nan), sub.get("miou_macro_n", 1))])
+    table = cell.pivot_table(index=keys, columns="test_set", values="text", aggfunc="first", sort=False)
+    sets = list(dict.fromkeys(sub.test_set))
+    lines = ["| dataset | model | variant | supervision | budget | " + " | ".join(sets) + " |",
+             "|---|---|---|---|---|" + "---|" * len(sets)]
+    for key, row in table.iterrows():
+        d, m, v, s, b = key
+        lines.append(f"| {d} | {m} | {v} | {s} | {int(b)} % | " + " | ".join(str(row.get(t, "-")) for t in sets) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _plt():
     import matplotlib
 
@@ -252,6 +272,9 @@ def report(params: Params, out: Path) -> pd.DataFrame:
     text = ("# eqseg report\n\n## Segmentation\n\nDense test labels; mean ± std over seeds; Δ = paired difference to the "
             f"unet of the same cell (per seed), 95 % t interval over seeds. Inputs normalised with: {modes}.\n\n"
             + to_markdown(w, table))
+    if per_set := by_test_set(w):
+        text += ("\n## Per test set\n\nTest mIoU (macro), mean ± std over seeds, a column per test set: the trained "
+                 "dataset's own test split and the datasets it never saw (grid.test_on).\n\n" + per_set)
     if len(gains):
         text += ("\n## Self-training (data distillation)\n\nEach NAME+distill student against its teacher, the NAME cell: "
                  f"test mIoU (mean over seeds), the paired difference per seed with its 95 % t interval, the fraction of "
