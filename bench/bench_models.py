@@ -181,11 +181,11 @@ def report(rows: list[dict], conv_rows: list[dict] | None, note: str) -> str:
     base = {r["model"]: r for r in rows}
     unet = base["unet"]
     same_shape = {"p4m_unet (match: channels) exported": "unet",
-                  "p4m_unet (match: params) exported": next(m for m in base if m.startswith("unet width"))}
+                  "p4m_unet (match: params) exported": next(m for m in base if m.startswith("unet width")),
+                  AMAX: "p4m_unet (match: channels)"}
     lines = ["| model | raw channels | params | train step ms | inference ms | vs |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
-        same_shape[AMAX] = "p4m_unet (match: channels)"
         ref = base[same_shape[r["model"]]] if r["model"] in same_shape else unet
         vs = "" if r is ref else (
             f"infer {r['infer_ms'] / ref['infer_ms']:.2f}x of {ref['model']}" if r["train_ms"] is None else

@@ -149,7 +149,7 @@ def by_test_set(w: pd.DataFrame) -> str:
         return ""
     keys = ["dataset", "model", "variant", "supervision", "budget"]
     cell = sub.assign(text=[_fmt(m) + (f" ± {_fmt(s)}" if n > 1 else "") for m, s, n in
-                            zip(sub.miou_macro, sub.get("miou_macro_std", np.nan), sub.get("miou_macro_n", 1))])
+                            zip(sub.miou_macro, sub.miou_macro_std, sub.miou_macro_n)])
     table = cell.pivot_table(index=keys, columns="test_set", values="text", aggfunc="first", sort=False)
     sets = list(dict.fromkeys(sub.test_set))
     lines = ["| dataset | model | variant | supervision | budget | " + " | ".join(sets) + " |",

@@ -10,7 +10,7 @@ rule predict:
     priority: PRIORITY["score"]
     log:
         "results/logs/predict/" + paths.CELL + "/{testset}.log",
-    threads: 1  # a core per scoring job, like evaluate: jobs side by side use CPUs better than threads
+    threads: 1  # the core reserved, as for evaluate; its torch threads are predict.threads (0: every core)
     shell:
         "eqseg predict-dataset --params {PARAMS_FILE:q} --model-dir {input.model:q} --dataset {wildcards.testset:q}"
         " --tiles {input.tiles:q} --out {output:q} > {log:q} 2>&1"
