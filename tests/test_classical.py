@@ -19,6 +19,7 @@ from rasterio import features as rio_features
 from eqseg import classical
 from eqseg.classical.common import fit_mapping
 from eqseg.classical.methods import quadtree
+from eqseg.config import CLASSICAL_OPTIONS
 from eqseg.errors import EqsegError
 from eqseg.metrics import confusion, scores
 from eqseg.metrics.objects import ObjectScores, instances_from_classes
@@ -111,6 +112,37 @@ def test_synthetic_disks_are_found(name):
     state = classical.fit(name, [train[0][0], train[1][0]], [mask_unlabelled, train[1][1]], ["bg", "disk"], **params)
     pred = classical.predict(state, image)
     assert scores(confusion(pred, mask, 2), ["bg", "disk"])["iou_disk"] > 0.85
+
+
+SEEDED = ["kmeans", "felzenszwalb", "split_merge"]  # their fits draw random numbers; otsu and watershed do not
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_seed_argument_drives_every_random_choice(name):
+    """The cell's seed (an argument of fit, not a model option): another seed is another fit for the randomised
+    methods, the same seed the identical fit; the deterministic ones ignore it."""
+    train = [_disk_images(s) for s in (1, 2)]
+    images, masks = [t[0] for t in train], [t[1] for t in train]
+    params = {"min_block": 1, "split_threshold": 0.3} if name == "split_merge" else {}
+    fits = {seed: json.loads(json.dumps(classical.fit(name, images, masks, ["bg", "disk"], seed=seed, **params)))
+            for seed in (0, 1, 2)}
+    assert classical.fit(name, images, masks, ["bg", "disk"], seed=1, **params) == fits[1]
+    if name in SEEDED:
+        assert fits[1]["seed"] == 1
+        centres = {seed: np.asarray(f["centres"]) for seed, f in fits.items()}
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            assert not np.allclose(centres[a], centres[b]), (a, b)  # three different fitted states
+        # and not only the clusters in another order: k-means may reach one optimum from two starts (split_merge
+        # seeds 1 and 2 here), not from all three
+        assert len({tuple(np.round(np.sort(c, 0), 6).ravel()) for c in centres.values()}) >= 2
+        assert classical.fit(name, images, masks, ["bg", "disk"], **params) == fits[0]  # default seed 0
+    else:
+        assert fits[0] == fits[1] == fits[2]
+    for state in fits.values():
+        assert "seed" not in state["params"]
+    with pytest.raises(EqsegError, match="seed must be an integer >= 0"):
+        classical.fit(name, images, masks, ["bg", "disk"], seed=-1, **params)
+    assert "seed" not in CLASSICAL_OPTIONS[name].model_fields  # no model option for the cell seed to shadow
 
 
 def test_fit_mapping_beats_majority():

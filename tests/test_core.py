@@ -20,13 +20,48 @@ def test_confusion_and_scores_known_answer():
     s = scores(cm, ["a", "b", "c"])
     assert s["iou_a"] == pytest.approx(1 / 3) and s["iou_b"] == pytest.approx(2 / 3) and s["iou_c"] == 0.0
     assert s["miou_macro"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
-    assert s["iou_micro"] == pytest.approx(3 / (3 + 2 + 2))
+    assert s["fwiou"] == pytest.approx((2 * 1 / 3 + 2 * 2 / 3 + 1 * 0) / 5)  # true pixels per class: 2, 2, 1
     assert s["pixel_accuracy"] == pytest.approx(3 / 5) and s["pixels"] == 5
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_fwiou_matches_sklearn_jaccard_weighted_by_support(trial):
+    """fwIoU (Long et al. 2015) = sum_c n_c / N * IoU_c, recomputed from scikit-learn's per-class Jaccard on the same
+    pixels; one class never true (weighs 0, in the prediction in odd trials), some pixels unlabelled (255)."""
+    from sklearn.metrics import jaccard_score
+
+    rng = np.random.default_rng(trial)
+    k = int(rng.integers(3, 7))
+    absent = int(rng.integers(k))
+    present = [c for c in range(k) if c != absent]
+    target = rng.choice(present, size=5000, p=rng.dirichlet(np.ones(k - 1)))
+    pred = np.where(rng.random(5000) < 0.6, target, rng.integers(0, k, 5000))  # often right, else any class
+    if trial % 2 == 0:
+        pred[pred == absent] = present[0]
+    target[rng.random(5000) < 0.1] = 255
+    keep = target != 255
+    per_class = jaccard_score(target[keep], pred[keep], labels=list(range(k)), average=None, zero_division=0)
+    support = np.bincount(target[keep], minlength=k)
+    assert support[absent] == 0
+    expected = float(np.sum(support * per_class) / support.sum())
+    s = scores(confusion(pred, target, k), [f"c{c}" for c in range(k)])
+    assert s["fwiou"] == pytest.approx(expected, abs=1e-12)
+    assert "iou_micro" not in s
+
+
+def test_fwiou_is_not_a_function_of_pixel_accuracy():
+    """Micro IoU was acc / (2 - acc) for every matrix; fwIoU separates matrices of equal accuracy."""
+    a = scores(np.array([[80, 10], [0, 10]]), ["a", "b"])  # the 10 errors land in the big class's row
+    b = scores(np.array([[90, 0], [10, 0]]), ["a", "b"])  # the small class is never found
+    assert a["pixel_accuracy"] == b["pixel_accuracy"] == 0.9
+    assert a["fwiou"] == pytest.approx(0.9 * 80 / 90 + 0.1 * 10 / 20)
+    assert b["fwiou"] == pytest.approx(0.9 * 90 / 100 + 0.1 * 0)
+    assert np.isnan(scores(np.zeros((2, 2)), ["a", "b"])["fwiou"])
 
 
 def test_class_absent_from_truth_and_prediction_is_not_averaged():
     s = scores(confusion(np.array([0, 1]), np.array([0, 1]), 3), ["a", "b", "c"])
-    assert np.isnan(s["iou_c"]) and s["miou_macro"] == 1.0
+    assert np.isnan(s["iou_c"]) and s["miou_macro"] == 1.0 and s["fwiou"] == 1.0  # its NaN IoU weighs 0
 
 
 @pytest.mark.parametrize("extent, size, overlap, expected", [

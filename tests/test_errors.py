@@ -97,6 +97,50 @@ def test_invalid_params_name_the_key(eqseg_cli, tmp_path, section, key, value, n
     expect_error(eqseg_cli, tmp_path, params, "p.yaml", *needles)
 
 
+def _rename_key(d: dict, old: str, new: str) -> None:
+    d[new] = d.pop(old)
+
+
+# Every name from params that becomes a path or a command-line word, set to something that would leave its folder
+# (or a shell's word): (what to change, the key path the one line must name).
+NAME_PATHS = [
+    (lambda p, v: p["slides"]["cpm15_slides"]["slides"].update({v: {"mpp": 0.5}}), "slides.cpm15_slides.slides"),
+    (lambda p, v: p["slides"]["cpm15_slides"].update(mask_suffix=v), "slides.cpm15_slides.mask_suffix"),
+    (lambda p, v: p["datasets"]["cpm15"].update(mask_suffix=v), "datasets.cpm15.mask_suffix"),
+    (lambda p, v: _rename_key(p["datasets"], "cpm15", v), "datasets"),
+    (lambda p, v: _rename_key(p["slides"], "cpm15_slides", v), "slides"),
+    (lambda p, v: p["compare"][0].update(name=v), "compare.0.name"),
+    (lambda p, v: p["mlflow"].update(experiment=v), "mlflow.experiment"),
+]
+
+
+@pytest.mark.parametrize("bad", ["../escaped", "a/b", "/abs", "..", "x y", "$(touch pwned)", "a;b"])
+@pytest.mark.parametrize("change, key", NAME_PATHS, ids=[k for _, k in NAME_PATHS])
+def test_names_that_become_paths_are_checked(change, key, bad):
+    """A name from params that leaves its folder ('../escaped' made `make-slides` write beside --out) or is more than
+    one shell word is one line naming the key, before anything runs."""
+    from eqseg.config import parse_params
+    from eqseg.errors import EqsegError
+
+    p = yaml.safe_load((ROOT / "tests/smoke/params.yaml").read_text())
+    parse_params(p, "p.yaml")  # the smoke params themselves are fine
+    change(p, bad)
+    with pytest.raises(EqsegError) as err:
+        parse_params(p, "p.yaml")
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(f"p.yaml: {key}: "), line
+    assert repr(bad) in line and ("not a valid name" in line or "letters, digits, _ . - only" in line), line
+
+
+@pytest.mark.parametrize("good", ["_mask", "", "-gt.v2"])
+def test_ordinary_mask_suffixes_are_accepted(good):
+    from eqseg.config import parse_params
+
+    p = yaml.safe_load((ROOT / "tests/smoke/params.yaml").read_text())
+    p["slides"]["cpm15_slides"]["mask_suffix"] = p["datasets"]["cpm15"]["mask_suffix"] = good
+    parse_params(p, "p.yaml")
+
+
 def test_missing_params_file(eqseg_cli, tmp_path):
     expect_error(eqseg_cli, tmp_path, tmp_path / "absent.yaml", "absent.yaml", "not found")
 
@@ -197,6 +241,11 @@ def make_workspace(ws: Path) -> Path:
     typo = yaml.safe_load(params.read_text())
     typo["weak"]["options"] = {"points": {"per_objekt": 2}}
     (ws / "weak_typo.yaml").write_text(yaml.safe_dump(typo))
+    escape = yaml.safe_load(params.read_text())  # a slide name that would be written outside make-slides' --out
+    escape["slides"]["cpm15_slides"]["slides"] = {"../escaped": {"mpp": 0.5, "include": ["image01.png"]}}
+    (ws / "escape.yaml").write_text(yaml.safe_dump(escape))
+    (ws / "taken.json").mkdir()  # a folder where predict --out taken.tif would write its metrics taken.json
+    (ws / "taken.json" / "notes.txt").write_text("mine too")
     return ws
 
 
@@ -229,20 +278,37 @@ CASES = {
     "evaluate-missing-tiles": (["evaluate", *P, "--model-dir", "rgb_model", "--tiles", "nowhere", "--out", "e"], ["nowhere", "not a tile store"]),
     "evaluate-3-band-model-on-1-band-tiles": (["evaluate", *P, "--model-dir", "rgb_model", "--tiles", "tiles", "--out", "e"],
                                               ["tiles: 1 band", "unet", "3"]),
+    # --out refused before any work: each of these inputs would fail later (3-band model on 1-band tiles, a cell
+    # never evaluated), so the refusal line proves the folder was checked first
+    "evaluate-foreign-out": (["evaluate", *P, "--model-dir", "rgb_model", "--tiles", "tiles", "--out", "mine"],
+                             ["mine", "not written by eqseg", "another --out"]),
     "predict-missing-model": (["predict", *P, "--model-dir", "nowhere", "--raster", "scene.tif", "--out", "p.tif"], ["nowhere/model.pt", "not found"]),
     "predict-no-source": (["predict", *P, "--model-dir", "rgb_model", "--out", "p.tif"], ["--raster"]),
     "predict-over-its-input": (["predict", *P, "--model-dir", "grey_model", "--raster", "scene.tif", "--out", "scene.tif"],
                                ["scene.tif", "replace the input"]),
+    "predict-out-is-a-folder": (["predict", *P, "--model-dir", "grey_model", "--raster", "scene.tif", "--out", "mine"],
+                                ["'--out'", "mine", "is a directory"]),
+    "predict-metrics-is-a-folder": (["predict", *P, "--model-dir", "grey_model", "--raster", "scene.tif", "--out", "p.tif",
+                                     "--metrics", "mine"], ["'--metrics'", "mine", "is a directory"]),
+    "predict-default-metrics-is-a-folder": (["predict", *P, "--model-dir", "grey_model", "--raster", "scene.tif",
+                                             "--out", "taken.tif"], ["taken.json", "is a folder", "will not be replaced"]),
     "predict-dataset-unknown-dataset": (["predict-dataset", *P, "--model-dir", "rgb_model", "--dataset", "nodata", "--out", "pd"],
                                         ["unknown dataset 'nodata'"]),
     "predict-dataset-missing-model": (["predict-dataset", *P, "--model-dir", "nowhere", "--dataset", "spacenet_atlanta",
                                        "--tiles", "tiles", "--out", "pd"], ["nowhere/model.pt", "not found"]),
+    "predict-dataset-foreign-out": (["predict-dataset", *P, "--model-dir", "rgb_model", "--dataset", "spacenet_atlanta",
+                                     "--tiles", "tiles", "--out", "mine"], ["mine", "not written by eqseg", "another --out"]),
+    "compare-foreign-out": (["compare", *P, "--model-a", "rgb_model", "--model-b", "rgb_model", "--tiles", "tiles",
+                             "--out", "mine"], ["mine", "not written by eqseg", "another --out"]),
     "report-missing-metrics": (["report", *P, "--out", "rep"], ["metrics.json", "missing", "run evaluate"]),
     "report-missing-params": (["report", "--params", "absent.yaml", "--out", "rep"], ["absent.yaml", "not found"]),
+    "report-foreign-out": (["report", *P, "--out", "mine"], ["mine", "not written by eqseg", "another --out"]),
     "make-slide-missing-images": (["make-slide", "--images", "nowhere", "--masks", "nowhere", "--mpp", "0.5", "--out", "s.ome.tif",
                                    "--mask-out", "m.ome.tif"], ["nowhere", "images folder not found"]),
     "make-slides-unknown-group": (["make-slides", "nogroup", *P, "--out", "sl"], ["no slides group 'nogroup'"]),
     "make-slides-foreign-out": (["make-slides", "cpm15_slides", *P, "--out", "mine"], ["mine", "not written by eqseg"]),
+    "make-slides-escaping-slide-name": (["make-slides", "cpm15_slides", "--params", "escape.yaml", "--out", "sl"],
+                                        ["escape.yaml", "slides.cpm15_slides.slides", "'../escaped'", "not a valid name"]),
     "weak-for-a-distilled-student": (["weak", "spacenet_atlanta", "points+distill", *P, "--tiles", "tiles", "--out", "w"],
                                      ["'points+distill'", "eqseg distill"]),
     "distill-missing-teacher": (["distill", *P, "--model-dir", "nowhere", "--tiles", "tiles", "--labels", "nowhere",

@@ -14,7 +14,7 @@ from PIL import Image
 from eqseg.config import parse_params
 from eqseg.data import normalise as norm
 from eqseg.errors import EqsegError
-from eqseg.models import build
+from eqseg.models import build, register
 from eqseg.models.checkpoint import ModelInfo, save_model
 from eqseg.tiling.store import TileStore, build_tile_store
 
@@ -150,6 +150,72 @@ def test_evaluate_and_predict_dataset_agree(crops, mode, adabn, tmp_path):
     assert m["miou_macro"] == pytest.approx(scenes["pooled"]["test"]["miou_macro"], abs=1e-12)
     assert m["normalise"] == mode and all(p["normalise"] == mode for p in per_source)
     assert m["adabn"] is adabn and all(p["adabn"] is adabn for p in per_source)
+
+
+@register("pixelwise_test")
+def _pixelwise(in_channels: int, num_classes: int, width: int = 8) -> torch.nn.Module:
+    """A per-pixel model (1x1 convolutions, one batch norm): its output at a pixel does not depend on the window
+    around it, so evaluate (each pixel from the tile owning it) and predict (each pixel blended from every
+    overlapping window) must agree exactly."""
+    return torch.nn.Sequential(torch.nn.Conv2d(in_channels, width, 1), torch.nn.BatchNorm2d(width), torch.nn.ReLU(),
+                               torch.nn.Conv2d(width, num_classes, 1))
+
+
+@pytest.fixture(scope="module")
+def blended(tmp_path_factory):
+    """Crops of 360 px (not a multiple of the 64-px tile: the last tiles are shifted back and overlap), a per-pixel
+    model whose recorded statistics differ from the store's (so that modes train, dataset and image all give other
+    inputs), and prediction windows that overlap and blend (window 64, overlap 16)."""
+    tmp = tmp_path_factory.mktemp("blend")
+    crop_pairs(tmp / "data", ["image01", "image02", "image03"], 360)
+    params = params_for(tmp, tmp / "data", "train")
+    meta = build_tile_store("crops", params.dataset("crops"), params.tile, tmp / "tiles")
+    store = TileStore(tmp / "tiles")
+    assert (store.index.col % TILE != 0).any()  # shifted edge tiles: the store's tiles overlap
+    torch.manual_seed(0)
+    model = build("pixelwise_test", 3, 2)
+    stats = ([m + 25.0 for m in meta.band_mean], [s * 1.4 for s in meta.band_std])  # not the store's statistics
+    info = ModelInfo(model="pixelwise_test", options={}, in_channels=3, num_classes=2, classes=["background", "nucleus"],
+                     band_mean=stats[0], band_std=stats[1], tile_size=TILE, dataset="crops", supervision="full", seed=0)
+    ids = store.ids("train")
+    x = torch.from_numpy(norm.normalise(store.images[ids], *stats))
+    y = torch.from_numpy(np.asarray(store.masks[ids]).astype(np.int64))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for step in range(30):
+        sel = torch.arange(step * 8, step * 8 + 8) % len(ids)
+        loss = torch.nn.functional.cross_entropy(model(x[sel]), y[sel], ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    (tmp / "model").mkdir()
+    save_model(tmp / "model" / "model.pt", model.eval(), info)
+    return tmp
+
+
+@pytest.mark.parametrize("mode, adabn", [("train", False), ("dataset", False), ("image", False), ("dataset", True)])
+def test_evaluate_and_blended_predictions_agree_on_shifted_overlapping_tiles(blended, mode, adabn, tmp_path):
+    """Tiles overlap (shifted edge tiles) and prediction windows overlap and blend; the model's statistics are not
+    the dataset's: evaluate (each pixel once, from its owning tile) and predict-dataset (each pixel once, blended)
+    still give one confusion matrix, whose total is the number of distinct labelled test pixels."""
+    from eqseg.evaluate.run import evaluate
+    from eqseg.predict.run import predict_dataset
+
+    tmp = blended
+    params = params_for(tmp, tmp / "data", mode, adabn)
+    params = params.model_copy(update={"predict": params.predict.model_copy(update={"overlap": 16})})
+    evaluate(params, tmp / "model", tmp / "tiles", tmp_path / "eval")
+    r = predict_dataset(params, tmp / "model", "crops", tmp / "tiles", tmp_path / "pred")
+    cm_eval = np.loadtxt(tmp_path / "eval" / "confusion.csv", delimiter=",", dtype=np.int64)
+    per_source = [json.loads((tmp_path / "pred" / f"{s}.json").read_text()) for s in r["sources"]]
+    cm_pred = sum(np.asarray(p["test"]["confusion"]) for p in per_source)
+    assert cm_eval.sum() == 360 * 360 * len(r["sources"])  # every labelled test pixel once (no 255 in CPM-15)
+    assert np.array_equal(cm_eval, cm_pred)
+    assert (cm_eval.sum(axis=0) > 0).all(), "the model must predict both classes for the check to mean anything"
+    if mode != "train" and not adabn:  # a command using the model's own statistics would score other inputs (with
+        # AdaBN it would not: a batch norm re-estimated after a 1x1 convolution undoes any affine normalisation)
+        evaluate(params_for(tmp, tmp / "data", "train", adabn), tmp / "model", tmp / "tiles", tmp_path / "eval-train")
+        cm_train = np.loadtxt(tmp_path / "eval-train" / "confusion.csv", delimiter=",", dtype=np.int64)
+        assert not np.array_equal(cm_train, cm_eval)
 
 
 def test_adabn_takes_target_statistics_and_keeps_p4m_equivariant():

@@ -219,7 +219,7 @@ def test_snakemake_runs_the_chain(snake_repo):
     for d, m, s, seed in CELLS:
         folder = snake_repo / eval_file(d, m, s, seed)
         metrics = json.loads(folder.read_text())
-        assert {"miou_macro", "iou_micro", "pixel_accuracy", "iou_background", "ap_macro", "tta_miou_macro"} <= set(metrics)
+        assert {"miou_macro", "fwiou", "pixel_accuracy", "iou_background", "ap_macro", "tta_miou_macro"} <= set(metrics)
         # the recorded scores are those of the confusion matrix written beside them
         cm = np.loadtxt(folder.parent / "confusion.csv", delimiter=",")
         ious = np.diag(cm) / (cm.sum(0) + cm.sum(1) - np.diag(cm))

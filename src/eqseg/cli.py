@@ -145,7 +145,7 @@ def evaluate(params_path, model_dir, tiles, out) -> None:
     from eqseg.evaluate.run import evaluate as run
 
     metrics = run(_load(params_path), model_dir, tiles, out)
-    click.echo(f"{out}: test mIoU {metrics['miou_macro']:.4f}, micro IoU {metrics['iou_micro']:.4f}")
+    click.echo(f"{out}: test mIoU {metrics['miou_macro']:.4f}, fwIoU {metrics['fwiou']:.4f}")
 
 
 @cli.command()

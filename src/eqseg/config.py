@@ -35,6 +35,14 @@ def check_name(what: str | None, name: str) -> str:
     return name
 
 
+def check_suffix(suffix: str) -> str:
+    """A part of a file name from params (a mask suffix): the characters of a name, no separator, no "..", may be empty."""
+    if not isinstance(suffix, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{0,100}", suffix) or ".." in suffix:
+        raise ValueError("must be letters, digits, _ . - only, no '/' or '..' (it is appended to each image's name to "
+                         "find its mask in the masks folder)")
+    return suffix
+
+
 class SplitConfig(_Strict):
     """Leak-free spatial split: whole sources, or square blocks of a scene with tiles placed inside one block only."""
 
@@ -64,6 +72,11 @@ class PairsDataset(_Strict):
     mask_values: dict[int, int] | None = Field(None, description="map raw mask values to class ids")
     classes: list[str] = Field(min_length=2)
     split: SplitConfig = SplitConfig()
+
+    @field_validator("mask_suffix")
+    @classmethod
+    def _mask_suffix(cls, v: str) -> str:
+        return check_suffix(v)
 
 
 class Scene(_Strict):
@@ -147,7 +160,20 @@ class SlideGroup(_Strict):
     columns: int = Field(4, gt=0)
     cell_um: float | None = Field(None, gt=0, description="grid cell side in microns; None: tiles packed in rows")
     margin_um: float = Field(64.0, ge=0, description="blank glass around every tile, in microns")
-    slides: dict[str, SlideToBuild] = Field(min_length=1)
+    slides: dict[str, SlideToBuild] = Field(min_length=1, description="slide name -> its tiles: the name becomes the "
+                                            "file names NAME.ome.tif and NAME.mask.ome.tif inside the group's folder")
+
+    @field_validator("mask_suffix")
+    @classmethod
+    def _mask_suffix(cls, v: str) -> str:
+        return check_suffix(v)
+
+    @field_validator("slides")
+    @classmethod
+    def _slide_names(cls, v: dict[str, SlideToBuild]) -> dict[str, SlideToBuild]:
+        for name in v:
+            check_name(None, name)  # e.g. '../escaped' would write outside the group's folder
+        return v
 
 
 class UNetOptions(_Strict):
@@ -178,7 +204,8 @@ class GridNetOptions(_Strict):
 
 
 class _ClassicalOptions(_Strict):
-    """Classical baselines (eqseg.classical): fitted on the train split in seconds, no network."""
+    """Classical baselines (eqseg.classical): fitted on the train split in seconds, no network. No `seed` option:
+    the grid cell's seed drives every random choice of a fit."""
 
     normalise: Literal["image", "train"] = "image"
     max_fit_tiles: int = Field(64, ge=1, description="train tiles the method is fitted on (a seeded sample)")
@@ -194,7 +221,6 @@ class OtsuOptions(_ClassicalOptions):
 
 class KmeansModelOptions(_ClassicalOptions):
     k: int = Field(8, ge=2)
-    seed: int = Field(0, ge=0)
 
 
 class WatershedModelOptions(_ClassicalOptions):
@@ -208,7 +234,6 @@ class FelzenszwalbOptions(_ClassicalOptions):
     sigma: float = Field(0.8, ge=0)
     min_size: int = Field(20, ge=1)
     k: int = Field(6, ge=2)
-    seed: int = Field(0, ge=0)
 
 
 class SplitMergeOptions(_ClassicalOptions):
@@ -216,7 +241,6 @@ class SplitMergeOptions(_ClassicalOptions):
     min_block: int = Field(8, ge=1)
     merge_threshold: float = Field(0.5, ge=0)
     k: int = Field(6, ge=2)
-    seed: int = Field(0, ge=0)
 
 
 CLASSICAL_OPTIONS: dict[str, type[_ClassicalOptions]] = {
@@ -415,6 +439,11 @@ class TrainConfig(_Strict):
     )
     tiles_per_epoch: int | None = Field(
         None, gt=0, description="tiles drawn per epoch (cycling the train set); None: each train tile once"
+    )
+    select: Literal["own", "dense", "last"] = Field(
+        "own", description="which epoch's weights a cell keeps: own (best validation score against the labels its "
+        "supervision has on the val tiles), dense (best against the dense val masks: an oracle a weak cell does not "
+        "have), last (the last epoch, no validation needed)"
     )
 
 

@@ -143,13 +143,15 @@ def predict_tiles(
 
 
 def confusion_on(model, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device, normaliser: Normaliser,
-                 amp: bool = True, ranking=None, tta: bool = False) -> np.ndarray:
-    """Confusion matrix over the tiles `ids`; with `ranking` (a metrics.ranking.HistogramAP), also feed it the
-    softmax probabilities for threshold-free average precision."""
+                 amp: bool = True, ranking=None, tta: bool = False, truth=None) -> np.ndarray:
+    """Confusion matrix over the tiles `ids`, each labelled pixel once (TileStore.scored_masks: valid, owned,
+    labelled); with `ranking` (a metrics.ranking.HistogramAP), also feed it the softmax probabilities for
+    threshold-free average precision. `truth(sel)` gives other labels of the sorted tiles `sel` (e.g. a weak
+    cell's own validation labels), 255 where not scored."""
     n = store.meta.num_classes
     cm = np.zeros((n, n), dtype=np.int64)
     for sel, logits in tile_logits(model, store, ids, batch_size, device, normaliser, amp, tta):
-        masks = np.asarray(store.masks[sel])
+        masks = store.scored_masks(sel) if truth is None else truth(sel)
         cm += confusion(logits.argmax(1).numpy().astype(np.uint8), masks, n)
         if ranking is not None:
             ranking.update(torch.softmax(logits, dim=1).numpy(), masks)

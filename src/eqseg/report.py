@@ -20,10 +20,10 @@ from eqseg import paths
 from eqseg.config import CLASSICAL_OPTIONS, DISTILL, Params
 from eqseg.errors import EqsegError
 from eqseg.stats import paired_t_interval, summarise as paired_summary
-from eqseg.utils.atomic import atomic_dir
+from eqseg.utils.atomic import atomic_dir, check_replaceable
 
 KEYS = ("dataset", "testset", "model", "supervision", "variant", "budget", "seed")
-HEADLINE = ("miou_macro", "iou_micro", "tta_miou_macro", "ap_macro", "dice_macro")
+HEADLINE = ("miou_macro", "fwiou", "tta_miou_macro", "ap_macro", "dice_macro")
 
 
 def collect(params: Params, root: Path = Path(".")) -> pd.DataFrame:
@@ -264,6 +264,7 @@ def digits_table(params: Params, root: Path = Path(".")) -> str:
 
 
 def report(params: Params, out: Path) -> pd.DataFrame:
+    check_replaceable(out)  # a folder eqseg did not write is refused before any work
     table = collect(params)
     summary = summarise(table)
     w = networks_first(wide(summary), params.grid.models)

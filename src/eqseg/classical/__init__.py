@@ -3,12 +3,14 @@ split_merge (see `eqseg.classical.methods` for what each fits on the train split
 
 Common interface, by name through `CLASSICAL`:
 
-    state = fit(name, images, masks, classes, **params)   # images: list of (C, H, W) arrays of any dtype;
-                                                          # masks: list of (H, W) class maps, 255 = unlabelled
-    class_map = predict(state, image)                      # (H, W) uint8 class indices
+    state = fit(name, images, masks, classes, seed=0, **params)  # images: list of (C, H, W) arrays, any dtype;
+                                                                 # masks: list of (H, W) class maps, 255 = unlabelled
+    class_map = predict(state, image)                            # (H, W) uint8 class indices
 
 `state` is a JSON-able dict {"method", "classes", "params", ...fitted numbers}, so it can be stored next to a
-model's metrics. The watershed also gives instances: `CLASSICAL["watershed"].instances(state, image)`.
+model's metrics. `seed` (the grid cell's; not a model option) drives every random choice of a fit: seeds give
+different kmeans, felzenszwalb and split_merge fits; otsu and watershed are deterministic. The watershed also gives
+instances: `CLASSICAL["watershed"].instances(state, image)`.
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ def is_classical(name: str) -> bool:
     return name in CLASSICAL
 
 
-def fit(name: str, images, masks, classes, **params) -> dict:
-    """Fit the named method on train images and masks; returns its JSON-able state."""
-    return get(name).fit(images, masks, classes, **params)
+def fit(name: str, images, masks, classes, seed: int = 0, **params) -> dict:
+    """Fit the named method on train images and masks with the cell's `seed`; returns its JSON-able state."""
+    return get(name).fit(images, masks, classes, seed=seed, **params)
 
 
 def predict(state: dict, image) -> np.ndarray:

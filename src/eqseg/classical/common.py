@@ -108,12 +108,13 @@ def fit_mapping(cont: np.ndarray, max_sweeps: int = 20) -> list[int]:
     return [int(c) for c in mapping]
 
 
-def fit_kmeans(samples: np.ndarray, k: int, seed: int, where: str) -> np.ndarray:
-    """k-means++ centres (k, D) of the rows of samples, seeded."""
+def fit_kmeans(samples: np.ndarray, k: int, rng: np.random.Generator, where: str) -> np.ndarray:
+    """k-means++ centres (k, D) of the rows of samples; rng (the fit's generator, from the cell seed) draws the
+    initialisation."""
     samples = np.asarray(samples, dtype=np.float64)
     if samples.shape[0] < k:
         raise EqsegError(f"{where}: {samples.shape[0]} train samples for k = {k} clusters")
-    centres, _ = kmeans2(samples, k, minit="++", rng=np.random.default_rng(seed))
+    centres, _ = kmeans2(samples, k, minit="++", rng=rng)
     return centres
 
 

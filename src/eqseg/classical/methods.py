@@ -1,27 +1,33 @@
-"""The five classical segmentation baselines. Each has `fit(images, masks, classes, **params) -> state` (JSON-able:
-plain lists, ints, floats, strings, None) and `predict(state, image) -> uint8 class map`.
+"""The five classical segmentation baselines. Each has `fit(images, masks, classes, seed=0, **params) -> state`
+(JSON-able: plain lists, ints, floats, strings, None) and `predict(state, image) -> uint8 class map`.
+
+`seed` is the grid cell's seed, not a model option: it drives every random choice of a fit (kmeans: the pixel sample
+and the k-means++ initialisation; felzenszwalb and split_merge: the k-means++ initialisation of the region rule), so
+the seeds of a cell are different fits. otsu and watershed have no random choice: their fit ignores the seed, and
+the seeds of their cells differ only where the seed picks the train tiles (a label budget below 100 %, or more
+train tiles than `max_fit_tiles`).
 
 What is fitted, always on the train split only (never on the image being scored):
 
-* otsu: one standardised band of the image (or the mean of the bands) is thresholded at Otsu's threshold; which
-  band, and the class of each side (the polarity: are nuclei the dark side?), are fitted on train (the band whose
-  fitted sides score the best train macro IoU). With normalise: image the threshold is each image's own Otsu
-  threshold; with normalise: train it is Otsu's threshold of the pooled train pixels, fixed.
-* kmeans: k-means (k-means++, seeded) of the per-pixel standardised bands on a sample of train pixels; each
+* otsu (deterministic): one standardised band of the image (or the mean of the bands) is thresholded at Otsu's
+  threshold; which band, and the class of each side (the polarity: are nuclei the dark side?), are fitted on train
+  (the band whose fitted sides score the best train macro IoU). With normalise: image the threshold is each image's
+  own Otsu threshold; with normalise: train it is Otsu's threshold of the pooled train pixels, fixed.
+* kmeans: k-means (k-means++, seeded) of the per-pixel standardised bands on a seeded sample of train pixels; each
   cluster gets a class, fitted on train (`common.fit_mapping`).
-* watershed: Otsu foreground (band, threshold and side from the Otsu fit: the side given the rarer class), opened
-  and cleaned of components smaller than `min_size`; markers are the maxima of its distance transform (one per
-  connected plateau, at least `min_distance` apart) plus one background marker on everything farther than
+* watershed (deterministic): Otsu foreground (band, threshold and side from the Otsu fit: the side given the rarer
+  class), opened and cleaned of components smaller than `min_size`; markers are the maxima of its distance transform
+  (one per connected plateau, at least `min_distance` apart) plus one background marker on everything farther than
   `bg_margin` pixels from the foreground; flooding the Sobel gradient of the band from them gives objects and
-  background, whose classes are fitted on train. `watershed_instances` returns the objects as instances (for
-  object F1 / AJI).
+  background, whose classes are fitted on train. `watershed_instances` returns the objects as instances (for object
+  F1 / AJI).
 * felzenszwalb: Felzenszwalb-Huttenlocher graph segments of the standardised bands; each segment is labelled by a
-  fitted rule: its mean feature's nearest k-means centre (centres fitted on train segments), the centre's class
-  fitted on train pixels.
+  fitted rule: its mean feature's nearest k-means centre (centres fitted on train segments, seeded k-means++), the
+  centre's class fitted on train pixels.
 * split_merge: quadtree split of the standardised image while a block's largest band deviation exceeds
   `split_threshold` (down to `min_block` pixels), then hierarchical merging of the region adjacency graph
-  (`skimage.graph.merge_hierarchical`, mean-colour distance below `merge_threshold`), then the same region rule
-  as felzenszwalb.
+  (`skimage.graph.merge_hierarchical`, mean-colour distance below `merge_threshold`), then the same region rule as
+  felzenszwalb.
 
 Bands are standardised (zero mean, unit deviation) per image by default (`normalise: image`), so the methods work
 for uint8 RGB and uint16 panchromatic alike and thresholds are in band standard deviations; `normalise: train`
@@ -69,6 +75,11 @@ def _params(where: str, spec: dict, given: dict) -> dict:
         else:
             out[name] = require_float(where, name, value, low)
     return out
+
+
+def _seed(method: str, seed) -> np.random.Generator:
+    """The random generator of a fit, from the cell's seed (a non-negative int)."""
+    return np.random.default_rng(require_int(f"classical.{method}", "seed", seed, 0))
 
 
 def _prepare(method: str, images, masks, classes, spec: dict, params: dict):
@@ -139,7 +150,9 @@ def _fit_otsu(data, classes, norm) -> dict:
     return best[1]
 
 
-def otsu_fit(images, masks, classes, **params) -> dict:
+def otsu_fit(images, masks, classes, seed: int = 0, **params) -> dict:
+    """Deterministic: `seed` is accepted like every method's and changes nothing."""
+    _seed("otsu", seed)
     data, params, norm = _prepare("otsu", images, masks, classes, {}, params)
     return _state("otsu", classes, params, data, norm, **_fit_otsu(data, classes, norm))
 
@@ -150,17 +163,21 @@ def otsu_predict(state: dict, image) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------- kmeans
-KMEANS = {"k": (int, 2, 8), "seed": (int, 0, 0)}
+KMEANS = {"k": (int, 2, 8)}
 
 
-def kmeans_fit(images, masks, classes, **params) -> dict:
+def kmeans_fit(images, masks, classes, seed: int = 0, **params) -> dict:
+    """`seed` (the cell's) draws the pixel sample and the k-means++ initialisation."""
+    rng = _seed("kmeans", seed)
     data, params, norm = _prepare("kmeans", images, masks, classes, KMEANS, params)
-    rng = np.random.default_rng(params["seed"])
     feats = [features(im, norm).reshape(-1, im.shape[0]) for im, _ in data]
     sample = np.concatenate([f[rng.choice(f.shape[0], min(MAX_SAMPLES, f.shape[0]), replace=False)] for f in feats])
-    centres = fit_kmeans(sample, params["k"], params["seed"], "classical.kmeans")
+    # a fresh generator of the same seed for the initialisation (as before the seed was the cell's: seed 0 is the
+    # fit this baseline always was)
+    centres = fit_kmeans(sample, params["k"], _seed("kmeans", seed), "classical.kmeans")
     cont = sum(contingency(nearest(f, centres), m.ravel(), params["k"], len(classes)) for f, (_, m) in zip(feats, data))
-    return _state("kmeans", classes, params, data, norm, centres=centres.tolist(), cluster_classes=fit_mapping(cont))
+    return _state("kmeans", classes, params, data, norm, seed=int(seed), centres=centres.tolist(),
+                  cluster_classes=fit_mapping(cont))
 
 
 def kmeans_predict(state: dict, image) -> np.ndarray:
@@ -193,9 +210,11 @@ def _watershed_regions(image: np.ndarray, state: dict) -> np.ndarray:
     return skimage_watershed(sobel(_channel(image, state["band"], norm)), markers)
 
 
-def watershed_fit(images, masks, classes, **params) -> dict:
+def watershed_fit(images, masks, classes, seed: int = 0, **params) -> dict:
     """Band, threshold and object side from the Otsu fit (objects: the side whose class is rarer on train; the
-    smaller side if both sides map to one class), then the class of object and of background regions."""
+    smaller side if both sides map to one class), then the class of object and of background regions.
+    Deterministic: `seed` is accepted like every method's and changes nothing."""
+    _seed("watershed", seed)
     data, params, norm = _prepare("watershed", images, masks, classes, WATERSHED, params)
     otsu = _fit_otsu(data, classes, norm)
     if otsu["side_classes"][0] != otsu["side_classes"][1]:
@@ -224,10 +243,11 @@ def watershed_predict(state: dict, image) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------- region rule (segments -> class)
-def _fit_region_rule(segmented, classes, k: int, seed: int, where: str) -> dict:
-    """segmented: list of (regions (H, W) 0..R-1, feat (H, W, C), mask). Centres of region means, class per centre."""
+def _fit_region_rule(segmented, classes, k: int, rng: np.random.Generator, where: str) -> dict:
+    """segmented: list of (regions (H, W) 0..R-1, feat (H, W, C), mask). Centres of region means (k-means++ drawn
+    with rng), class per centre."""
     means = [region_means(r, f)[0] for r, f, _ in segmented]
-    centres = fit_kmeans(np.concatenate(means), k, seed, where)
+    centres = fit_kmeans(np.concatenate(means), k, rng, where)
     cont = sum(contingency(nearest(mu, centres)[r], m, k, len(classes)) for mu, (r, _, m) in zip(means, segmented))
     return {"centres": centres.tolist(), "cluster_classes": fit_mapping(cont)}
 
@@ -239,7 +259,7 @@ def _apply_region_rule(state: dict, regions: np.ndarray, feat: np.ndarray) -> np
 
 # ---------------------------------------------------------------------------------------------------- felzenszwalb
 FELZENSZWALB = {"scale": (float, 0.0, 100.0), "sigma": (float, 0.0, 0.8), "min_size": (int, 1, 20),
-                "k": (int, 2, 6), "seed": (int, 0, 0)}
+                "k": (int, 2, 6)}
 
 
 def _felzenszwalb_regions(image: np.ndarray, p: dict, norm) -> tuple[np.ndarray, np.ndarray]:
@@ -248,11 +268,13 @@ def _felzenszwalb_regions(image: np.ndarray, p: dict, norm) -> tuple[np.ndarray,
     return regions, feat
 
 
-def felzenszwalb_fit(images, masks, classes, **params) -> dict:
+def felzenszwalb_fit(images, masks, classes, seed: int = 0, **params) -> dict:
+    """The segments are deterministic; `seed` (the cell's) draws the k-means++ initialisation of the region rule."""
+    rng = _seed("felzenszwalb", seed)
     data, params, norm = _prepare("felzenszwalb", images, masks, classes, FELZENSZWALB, params)
     segmented = [(*_felzenszwalb_regions(im, params, norm), m) for im, m in data]
-    rule = _fit_region_rule(segmented, classes, params["k"], params["seed"], "classical.felzenszwalb")
-    return _state("felzenszwalb", classes, params, data, norm, **rule)
+    rule = _fit_region_rule(segmented, classes, params["k"], rng, "classical.felzenszwalb")
+    return _state("felzenszwalb", classes, params, data, norm, seed=int(seed), **rule)
 
 
 def felzenszwalb_predict(state: dict, image) -> np.ndarray:
@@ -262,7 +284,7 @@ def felzenszwalb_predict(state: dict, image) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------------ split_merge
 SPLIT_MERGE = {"split_threshold": (float, 0.0, 0.75), "min_block": (int, 1, 8), "merge_threshold": (float, 0.0, 0.5),
-               "k": (int, 2, 6), "seed": (int, 0, 0)}
+               "k": (int, 2, 6)}
 
 
 def quadtree(feat: np.ndarray, threshold: float, min_block: int) -> np.ndarray:
@@ -335,11 +357,14 @@ def _split_merge_regions(image: np.ndarray, p: dict, norm) -> tuple[np.ndarray, 
     return merged, feat
 
 
-def split_merge_fit(images, masks, classes, **params) -> dict:
+def split_merge_fit(images, masks, classes, seed: int = 0, **params) -> dict:
+    """The split and the merge are deterministic; `seed` (the cell's) draws the k-means++ initialisation of the
+    region rule."""
+    rng = _seed("split_merge", seed)
     data, params, norm = _prepare("split_merge", images, masks, classes, SPLIT_MERGE, params)
     segmented = [(*_split_merge_regions(im, params, norm), m) for im, m in data]
-    rule = _fit_region_rule(segmented, classes, params["k"], params["seed"], "classical.split_merge")
-    return _state("split_merge", classes, params, data, norm, **rule)
+    rule = _fit_region_rule(segmented, classes, params["k"], rng, "classical.split_merge")
+    return _state("split_merge", classes, params, data, norm, seed=int(seed), **rule)
 
 
 def split_merge_predict(state: dict, image) -> np.ndarray:

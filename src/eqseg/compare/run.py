@@ -20,7 +20,7 @@ from eqseg.errors import EqsegError
 from eqseg.inference import ClassicalNet, load_trained, normaliser_for, normalised_tiles
 from eqseg.runtime import resolve_device
 from eqseg.tiling.store import TileStore
-from eqseg.utils.atomic import atomic_dir, write_json
+from eqseg.utils.atomic import atomic_dir, check_replaceable, write_json
 
 
 def test_batches(store: TileStore, ids: np.ndarray, info, mode: str, batch_size: int, device) -> list[torch.Tensor]:
@@ -34,6 +34,7 @@ def test_batches(store: TileStore, ids: np.ndarray, info, mode: str, batch_size:
 
 def compare(params: Params, model_a: Path, model_b: Path, tiles: Path, out: Path, max_tiles: int = 64,
             batch_size: int = 8) -> dict:
+    check_replaceable(out)  # a folder eqseg did not write is refused before any work
     device = resolve_device(params.evaluate.device)
     store = TileStore(tiles)
     (net_a, info_a), (net_b, info_b) = load_trained(model_a, device), load_trained(model_b, device)

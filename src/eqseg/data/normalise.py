@@ -7,7 +7,11 @@ and applied by this module alone for training, evaluation and prediction:
 - ``train``: the band statistics of the model's training split (they travel in model.pt);
 - ``dataset``: the statistics of the dataset being scored (its store's train split, or all its tiles for a
   test-only store), label-free: the simplest adaptation to data from elsewhere;
-- ``image``: each source's own statistics (scene, slide or image; over the valid pixels of all its tiles).
+- ``image``: each source's own statistics (scene, slide or image; over the valid pixels of all its tiles, each
+  pixel once).
+
+Statistics are always taken over image-valid pixels (the tile store's valid.npy, each pixel once through its
+owned.npy), never over labelled ones: labels must not shape the inputs of the pixels they score.
 
 With `normalise.stain` (macenko, reinhard; H&E only) tiles are first mapped onto a stain reference fitted on the
 training split (`eqseg.data.stain`), and the training statistics are those of the stain-normalised tiles.
@@ -100,7 +104,7 @@ def check_mode(mode: str) -> str:
 
 def source_statistics(store, sources: Sequence[str] | None = None, chunk: int = 64) -> dict[str, tuple[list, list]]:
     """Band statistics of each source over the valid (labelled or not, never padding/nodata) pixels of all its
-    tiles in the store, read in chunks (bounded memory)."""
+    tiles in the store, each pixel once (owned), read in chunks (bounded memory)."""
     index = store.index
     out = {}
     for name in sources if sources is not None else sorted(set(index.source)):
@@ -110,7 +114,7 @@ def source_statistics(store, sources: Sequence[str] | None = None, chunk: int = 
         sums = np.zeros((3, store.images.shape[1]))
         for start in range(0, len(ids), chunk):
             sel = ids[start : start + chunk]
-            sums += pixel_sums(store.images[sel], np.asarray(store.masks[sel]) != 255)
+            sums += pixel_sums(store.images[sel], store.counted(sel))
         out[name] = moments(sums)
     return out
 
@@ -141,7 +145,7 @@ def stained_statistics(store, ids: Sequence[int], stain, limit: int = 256, chunk
     sums = np.zeros((3, store.images.shape[1]))
     for start in range(0, len(ids), chunk):
         sel = ids[start : start + chunk]
-        sums += pixel_sums(stain(np.asarray(store.images[sel])), np.asarray(store.masks[sel]) != 255)
+        sums += pixel_sums(stain(np.asarray(store.images[sel])), store.counted(sel))
     return moments(sums)
 
 

@@ -5,12 +5,14 @@ weak`) gives the labels that stay. The student's tiles are the teacher's labelle
 other train tiles, which were unlabelled for the teacher (up to `train.max_train_tiles` of them, drawn with the
 teacher's seed). Output folder, read by `eqseg train` like the output of `eqseg weak`: labels.npy (row i for
 tile ids.npy[i]), ids.npy, quality.json (the union's labelled fraction and precision against the dense masks,
-the fraction of open pixels the teacher labelled, and the parent's record).
+the fraction of open pixels the teacher labelled, and the parent's record), and the parent's validation labels
+(val_labels.npy, val_ids.npy): the student is selected with the same labels as its teacher.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +75,8 @@ def make_pseudo_stage(params: Params, model_dir: Path, tiles: Path, labels_dir: 
     amp = device.type == "cuda"
     for batch, logits in tile_logits(model, store, ids, cfg.batch_size, device, normaliser, amp=amp, tta=cfg.tta):
         probs = torch.softmax(logits.float(), dim=1).numpy()
-        masks = np.asarray(store.masks[batch])
-        for t, p, mask in zip(batch, probs, masks):
+        masks, valids = store.scored_masks(batch), np.asarray(store.valid[batch])
+        for t, p, mask, valid in zip(batch, probs, masks, valids):
             t = int(t)
             known = t in labelled_set
             row = np.asarray(given[row_of[t]]) if known else None
@@ -83,10 +85,9 @@ def make_pseudo_stage(params: Params, model_dir: Path, tiles: Path, labels_dir: 
             else:
                 tile_given = row
             allowed = row.astype(bool) if tags and known else None
-            valid = mask != IGNORE
             result = fill_confident(tile_given, p, valid, cfg.threshold, allowed)
             out_labels[position[t]] = result
-            open_pixels += int(np.count_nonzero(valid & (tile_given == IGNORE)))
+            open_pixels += int(np.count_nonzero((mask != IGNORE) & (tile_given == IGNORE)))
             counts["given"] += label_counts(tile_given, mask)
             counts["pseudo"] += label_counts(np.where(tile_given == IGNORE, result, IGNORE), mask)
             counts["union"] += label_counts(result, mask)
@@ -106,5 +107,8 @@ def make_pseudo_stage(params: Params, model_dir: Path, tiles: Path, labels_dir: 
     with atomic_dir(out) as tmp:
         np.save(tmp / "labels.npy", out_labels)
         np.save(tmp / "ids.npy", ids)
+        for f in ("val_labels.npy", "val_ids.npy"):
+            if (labels_dir / f).is_file():
+                shutil.copyfile(labels_dir / f, tmp / f)
         write_json(tmp / "quality.json", quality)
     return quality

@@ -42,7 +42,8 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     x = torch.from_numpy(normalised_tiles(store, preview, normaliser)).to(device)
     classes = store.meta.classes
     metrics = (scores(cm, classes) | dice_scores(cm, classes) | ranking.compute(classes)
-               | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode, "adabn": params.normalise.adabn}
+               | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode, "adabn": params.normalise.adabn,
+                  "select": info.select}
                | equivariance_errors(model, x))
     if cfg.tta:  # the D4 test-time augmentation control, for every model
         cm_tta = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, tta=True)

@@ -32,6 +32,8 @@ class ModelInfo(BaseModel):
     dataset: str | None = None
     supervision: str | None = None
     seed: int | None = None
+    select: str | None = Field(None, description="how the kept epoch was chosen (train.select: own, dense, last)")
+    selected_by: str | None = None
 
     def check_inputs(self, bands: int, classes: list[str] | None, where: str) -> None:
         """One line, before any work, when data do not fit the model: band count, or class names (scores against

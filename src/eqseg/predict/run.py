@@ -38,7 +38,7 @@ from eqseg.data.normalise import Normaliser
 from eqseg.models.checkpoint import ModelInfo
 from eqseg.models.groups import D4
 from eqseg.runtime import autocast
-from eqseg.utils.atomic import atomic_file, check_outputs_apart, check_replaceable, write_json
+from eqseg.utils.atomic import atomic_file, check_file_replaceable, check_outputs_apart, check_replaceable, write_json
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,9 @@ def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = No
     try:
         check_outputs_apart({"--out": out, "--metrics": metrics_out or out.with_suffix(".json"), "probabilities": proba},
                             {"--raster": raster, "source": src.path})
+        for path in (out, metrics_out or out.with_suffix(".json"), proba):  # before any work: nothing half-written
+            if path is not None:
+                check_file_replaceable(path)
         model, info = load_trained(model_dir, device)
         footprints = test_footprints(tiles, src.name) if tiles else None
         normaliser = source_normaliser(params.normalise.mode, info, src, tiles)

@@ -112,3 +112,38 @@ def overlap_groups(boxes: list[tuple[float, float, float, float]], owners: list[
                     parent[max(a, b)] = min(a, b)
     ids: dict[int, int] = {}
     return [ids.setdefault(root(i), len(ids)) for i in range(len(boxes))]
+
+
+def owned_masks(rows: np.ndarray, cols: np.ndarray, heights: np.ndarray, widths: np.ndarray, size: int,
+                which: np.ndarray | None = None) -> np.ndarray:
+    """(len(which), size, size) bool: the pixels each tile `which` (default: all) of one source *owns*, so that every pixel covered by the tiles is
+    owned by exactly one of them and a score over tiles counts it once.
+
+    Tile k covers the pixels [row, row + height) x [col, col + width) of the source (its in-extent part; `size`
+    with padding). A pixel belongs to the covering tile whose window centre is nearest (Euclidean), ties to the
+    lower index (tiles are given in reading order). On a full grid of windows this cuts every overlap at its middle,
+    so each tile owns a rectangle; where a tile of the grid was dropped (too little valid area), its neighbours
+    share its pixels between them by the same rule. Distances are computed on doubled integer coordinates: exact."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    heights, widths = np.asarray(heights, np.int64), np.asarray(widths, np.int64)
+    S = int(size)
+    which = np.arange(len(rows)) if which is None else np.asarray(which, np.int64)
+    out = np.zeros((len(which), S, S), dtype=bool)
+    axis = (2 * np.arange(S, dtype=np.int64) + 1 - S) ** 2  # squared doubled distance to the centre, along one axis
+    for i, k in enumerate(which):
+        r, c, h, w = rows[k], cols[k], heights[k], widths[k]
+        own = axis[:h, None] + axis[None, :w]
+        keep = np.ones((h, w), dtype=bool)
+        near = np.flatnonzero((np.abs(rows - r) < S) & (np.abs(cols - c) < S))
+        for j in near[near != k]:
+            # the part of tile j's in-extent area inside tile k's, in k's coordinates
+            y0, y1 = max(rows[j] - r, 0), min(rows[j] + heights[j] - r, h)
+            x0, x1 = max(cols[j] - c, 0), min(cols[j] + widths[j] - c, w)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            dy, dx = r - rows[j], c - cols[j]  # k's local coordinates -> j's
+            other = axis[y0 + dy : y1 + dy, None] + axis[None, x0 + dx : x1 + dx]
+            mine = own[y0:y1, x0:x1]
+            keep[y0:y1, x0:x1] &= (mine < other) if j < k else (mine <= other)
+        out[i, :h, :w] = keep
+    return out

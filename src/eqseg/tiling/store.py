@@ -2,13 +2,18 @@
 
 Layout of `results/tiles/{dataset}/`:
   images.npy     (N, C, S, S) in the sources' dtype (uint8/uint16/float32), memory-mapped for random access
-  masks.npy      (N, S, S) uint8 class ids, 255 = no label (padding, nodata)
+  masks.npy      (N, S, S) uint8 class ids, 255 = no label (unlabelled, and so also padding and nodata)
+  valid.npy      (N, S, S) bool image validity: inside the source and not nodata (labelled or not)
+  owned.npy      (N, S, S) bool the pixels this tile owns: tiles overlap (edge tiles are shifted back inside the
+                 scene, and tile.overlap), and each pixel of a source is owned by exactly one tile of the store
+                 (grid.owned_masks), so every score over tiles counts it once (TileStore.scored_masks)
   index.parquet  GeoParquet, one row a tile: tile_id (row in the arrays), source, level (pyramid level of a slide,
                  0 otherwise; row and col are pixels of that level), row, col, size, split, valid_fraction (share
                  of valid pixels, of tissue for slides), px_<class> counts, px_unlabelled, geometry (footprint in
                  the source CRS, in pixel space for unreferenced images, in level-0 pixels for slides), crs
-  meta.json      classes, bands, dtype, tile size, band statistics (over the image-valid pixels of the train split,
-                 or of all tiles for a store without train tiles: `stats_from` says which), sources, split counts
+  meta.json      classes, bands, dtype, tile size, band statistics (over the valid, owned pixels of the train split,
+                 or of all tiles for a store without train tiles: `stats_from` says which; never from labels),
+                 sources, split counts
 Few files keep DVC fast (it hashes per file) and the loader cheap (one mmap, no per-tile open).
 """
 
@@ -165,8 +170,8 @@ class NpyRowWriter:
 
 
 class TileWriter:
-    """Kept tiles go to images.npy and masks.npy from background threads that also count their classes and sum
-    their bands, so that the reading thread only cuts tiles (views of the decoded strips).
+    """Kept tiles go to images.npy, masks.npy and valid.npy from background threads that also count their classes,
+    so that the reading thread only cuts tiles (views of the decoded strips).
 
     The threads work almost entirely outside the GIL (numpy copies and reductions, BLAS, pwrite at each tile's own
     offset). Each takes tiles in batches (fewer hand-overs between threads) but writes them one by one through its
@@ -182,6 +187,7 @@ class TileWriter:
         self._values = [*range(num_classes), IGNORE]  # what a mask holds: class ids, 255 = no label
         self._value_index = {v: k for k, v in enumerate(self._values)}
         self._masks = NpyRowWriter(folder / "masks.npy", (capacity, size, size), np.uint8)
+        self._valid = NpyRowWriter(folder / "valid.npy", (capacity, size, size), bool)
         workers = workers or min(4, usable_cpus())
         self._batch_size, self._ahead = batch, ahead or workers + 1
         self._shape = (bands, size, size)
@@ -190,12 +196,11 @@ class TileWriter:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tile-writer")
         self._pending: deque[Future] = deque()
         self._counts: list[np.ndarray] = []
-        self._sums: list[np.ndarray] = []
         self.n = 0
 
-    def add(self, image: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> int:
-        """Queue one tile (arrays are not copied: they must not change afterwards); return its id. Band statistics
-        count the image-valid pixels `valid` (labelled or not); None: the labelled ones (mask != 255)."""
+    def add(self, image: np.ndarray, mask: np.ndarray, valid: np.ndarray) -> int:
+        """Queue one tile (arrays are not copied: they must not change afterwards); return its id. `valid` marks
+        its image-valid pixels (inside the source, not nodata; labelled or not)."""
         self._batch.append((image, mask, valid))
         self.n += 1
         if len(self._batch) == self._batch_size:
@@ -211,33 +216,26 @@ class TileWriter:
         self._pending.append(self._pool.submit(self._write, self.n - len(batch), batch))
 
     def _collect(self) -> None:
-        counts, sums = self._pending.popleft().result()
-        self._counts.append(counts)
-        self._sums.append(sums)
+        self._counts.append(self._pending.popleft().result())
 
-    def _buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-        """This thread's tile-sized buffers (image, mask, validity) and scratch space of batch_sums."""
+    def _buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This thread's tile-sized buffers (image, mask, validity)."""
         local = self._local
         if not hasattr(local, "buffers"):
             _, size, _ = self._shape
             local.buffers = (np.empty((1, *self._shape), self._images.dtype), np.empty((1, size, size), np.uint8),
-                             np.empty((1, size, size), bool), {})
+                             np.empty((1, size, size), bool))
         return local.buffers
 
-    def _write(self, first: int, batch: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
-        image, mask, keep, scratch = self._buffers()
-        exact = image.dtype.kind in "ui" and image.dtype.itemsize <= 2
+    def _write(self, first: int, batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+        image, mask, keep = self._buffers()
         values = self._values
         counts = np.empty((len(batch), len(values)), dtype=np.int64)
-        sums = np.empty((len(batch), 3, image.shape[1]))
         for k, (img, m, v) in enumerate(batch):
-            image[0], mask[0] = img, m
-            if v is None:
-                np.not_equal(m, IGNORE, out=keep[0])
-            else:
-                keep[0] = v
+            image[0], mask[0], keep[0] = img, m, v
             self._images.write(first + k, image)
             self._masks.write(first + k, mask)
+            self._valid.write(first + k, keep)
             lo, hi = mask.min(), mask.max()
             if lo == hi:  # one value (a tile without labels, or under one shape): no counting needed
                 counts[k] = 0
@@ -247,30 +245,26 @@ class TileWriter:
                 counts[k] = [np.count_nonzero(mask == v) for v in values]
             else:
                 counts[k] = np.bincount(mask.ravel(), minlength=256)[values]
-            if exact and img.dtype == image.dtype:
-                sums[k] = batch_sums(image, keep, scratch=scratch)[0]
-            else:  # other types (and sources of mixed types) exactly as statistics always were gathered
-                sums[k] = tile_sums(img, keep[0])
-        return counts, sums
+        return counts
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """Write what is queued; return per-tile pixel counts of each class and of 255 (n, classes + 1) and
-        tile_sums (n, 3, C), in id order."""
+    def finish(self) -> np.ndarray:
+        """Write what is queued; return per-tile pixel counts of each class and of 255 (n, classes + 1), in id
+        order."""
         self._submit()
         while self._pending:
             self._collect()
         self.close()
         if not self._counts:
-            return np.zeros((0, len(self._values)), dtype=np.int64), np.zeros((0, 3, 0))
-        return np.concatenate(self._counts), np.concatenate(self._sums)
+            return np.zeros((0, len(self._values)), dtype=np.int64)
+        return np.concatenate(self._counts)
 
     def close(self) -> None:
         """Stop the thread (dropping what it has not started) and close the files; safe to call twice."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._images is not None:
-            self._images.close()
-            self._masks.close()
-            self._images = self._masks = None
+            for f in (self._images, self._masks, self._valid):
+                f.close()
+            self._images = self._masks = self._valid = None
 
 
 def tile_sums(image: np.ndarray, valid: np.ndarray, step: int = 2) -> np.ndarray:
@@ -385,18 +379,16 @@ def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -
                     continue
                 writer.add(read.image, read.mask, read.valid)
                 kept.append((i, unit, r, c, h, w, read.valid_fraction))
-            counts, tile_sums_ = writer.finish()
+            counts = writer.finish()
         finally:
             writer.close()
         n = len(kept)
         _check_every_source_kept_tiles(sources, best, {k[0] for k in kept}, tile)
-        npy.shrink(tmp / "images.npy", n)
-        npy.shrink(tmp / "masks.npy", n)
+        for f in ("images.npy", "masks.npy", "valid.npy"):
+            npy.shrink(tmp / f, n)
         src_i, units, rows, cols, hs, ws = (np.array([k[j] for k in kept], dtype=np.int64) for j in range(6))
-        sums = {}
-        for u, s in zip(units.tolist(), tile_sums_):  # in tile order, as the statistics always were summed
-            sums[u] = sums.get(u, 0) + s
-        splits = unit_splits(sorted(sums), n_units, len(sources), cfg.split)
+        write_ownership(tmp / "owned.npy", src_i, rows, cols, hs, ws, S)
+        splits = unit_splits(sorted(set(units.tolist())), n_units, len(sources), cfg.split)
         geometry = np.empty(n, dtype=object)
         for i, src in enumerate(sources):
             at = np.flatnonzero(src_i == i)
@@ -418,21 +410,53 @@ def _build(name: str, cfg, tile: TileConfig, out: Path, sources: list[Source]) -
         crss = set(crs_of[src_i].tolist())
         index = index.set_crs(crss.pop() if len(crss) == 1 and "" not in crss else None, allow_override=True)
         index.to_parquet(tmp / "index.parquet")
-        train_units = [u for u in sums if splits[u] == "train"]
-        if not train_units and cfg.split.fractions.get("train", 0) > 0:
+        train = np.flatnonzero(index.split.to_numpy() == "train")
+        if not train.size and cfg.split.fractions.get("train", 0) > 0:
             log.warning("datasets.%s: the train split has no tiles (%d split units for fractions %s); band statistics "
-                        "are taken over all tiles", name, len(sums), dict(cfg.split.fractions))
+                        "are taken over all tiles", name, len(set(units.tolist())), dict(cfg.split.fractions))
         # a store without train tiles (a test-only dataset) has the statistics of all its tiles, and says so
-        mean, std = band_moments(sum(sums[u] for u in (train_units or sums)))
+        mean, std = band_moments(store_sums(tmp, train if train.size else np.arange(n)))
         meta = StoreMeta(
             dataset=name, classes=classes, num_classes=len(classes), bands=n_bands, dtype=str(dtype),
             tile_size=S, overlap=tile.overlap, n_tiles=n, band_mean=mean, band_std=std,
-            stats_from="train" if train_units else "all",
+            stats_from="train" if train.size else "all",
             splits={s: int((index.split == s).sum()) for s in grid.SPLITS},
             sources=[_describe(s) for s in sources],
         )
         write_json(tmp / "meta.json", meta.model_dump())
     return meta
+
+
+def write_ownership(path: Path, src_i: np.ndarray, rows: np.ndarray, cols: np.ndarray, heights: np.ndarray,
+                    widths: np.ndarray, size: int, chunk: int = 256) -> None:
+    """owned.npy of the kept tiles (in id order, each source's tiles consecutive): grid.owned_masks per source."""
+    writer = NpyRowWriter(path, (len(rows), size, size), bool)
+    try:
+        for i in np.unique(src_i):
+            at = np.flatnonzero(src_i == i)
+            for start in range(0, len(at), chunk):
+                which = np.arange(start, min(start + chunk, len(at)))
+                writer.write(int(at[start]), grid.owned_masks(rows[at], cols[at], heights[at], widths[at], size, which))
+    finally:
+        writer.close()
+
+
+def store_sums(folder: Path, ids: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """(3, C) summed tile_sums of the tiles `ids` of the store in `folder` over their valid, owned pixels: each
+    pixel of a source once, whatever its label."""
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    valid, owned = (np.load(folder / f, mmap_mode="r") for f in ("valid.npy", "owned.npy"))
+    exact = images.dtype.kind in "ui" and images.dtype.itemsize <= 2
+    total, scratch = np.zeros((3, images.shape[1])), {}
+    ids = np.sort(np.asarray(ids, dtype=np.int64))
+    for start in range(0, len(ids), chunk):
+        sel = ids[start : start + chunk]
+        img, keep = np.asarray(images[sel]), np.asarray(valid[sel]) & np.asarray(owned[sel])
+        if exact:
+            total += batch_sums(img, keep, scratch=scratch).sum(axis=0)
+        else:
+            total += sum(tile_sums(im, k) for im, k in zip(img, keep))
+    return total
 
 
 def _check_every_source_kept_tiles(sources: list, best: list[float], kept: set[int], tile: TileConfig) -> None:
@@ -456,6 +480,10 @@ class TileStore:
         for f in ("images.npy", "masks.npy", "index.parquet", "meta.json"):
             if not (self.path / f).is_file():
                 raise EqsegError(f"{self.path}: not a tile store (missing {f}); run `eqseg tile` first")
+        for f in ("valid.npy", "owned.npy"):
+            if not (self.path / f).is_file():
+                raise EqsegError(f"{self.path}: a tile store of an earlier eqseg (no {f}: pixel validity and "
+                                 "ownership); run `eqseg tile` again")
 
     @cached_property
     def meta(self) -> StoreMeta:
@@ -474,6 +502,26 @@ class TileStore:
     @cached_property
     def masks(self) -> np.ndarray:
         return np.load(self.path / "masks.npy", mmap_mode="r")
+
+    @cached_property
+    def valid(self) -> np.ndarray:
+        """(N, S, S) bool: image-valid pixels (inside the source, not nodata), labelled or not."""
+        return np.load(self.path / "valid.npy", mmap_mode="r")
+
+    @cached_property
+    def owned(self) -> np.ndarray:
+        """(N, S, S) bool: the pixels each tile owns (each pixel of a source owned by one tile of the store)."""
+        return np.load(self.path / "owned.npy", mmap_mode="r")
+
+    def counted(self, ids) -> np.ndarray:
+        """(n, S, S) bool: the pixels of tiles `ids` that scores and statistics count: valid and owned."""
+        return np.asarray(self.valid[ids]) & np.asarray(self.owned[ids])
+
+    def scored_masks(self, ids) -> np.ndarray:
+        """The dense labels of tiles `ids` as every score reads them: 255 (not counted) wherever a pixel is
+        unlabelled, invalid, or owned by another tile, so a confusion matrix over any set of tiles counts each
+        labelled pixel once."""
+        return np.where(self.counted(ids), np.asarray(self.masks[ids]), np.uint8(IGNORE))
 
     def ids(self, split: str) -> np.ndarray:
         return self.index.loc[self.index.split == split, "tile_id"].to_numpy()

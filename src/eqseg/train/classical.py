@@ -14,8 +14,8 @@ from eqseg import classical, tracking
 from eqseg.config import CLASSICAL_OPTIONS, Params, stable_hash
 from eqseg.data import normalise as norm
 from eqseg.errors import EqsegError
-from eqseg.inference import ClassicalNet, confusion_on
-from eqseg.metrics import scores
+from eqseg.inference import ClassicalNet
+from eqseg.train.validate import validation_for
 from eqseg.models.checkpoint import ModelInfo, save_classical
 from eqseg.runtime import resolve_device
 from eqseg.tiling.store import TileStore
@@ -25,7 +25,8 @@ from eqseg.utils.atomic import atomic_dir, write_json
 def fit_classical(params: Params, dataset: str, model_name: str, supervision: str, seed: int, tiles: Path,
                   labels_dir: Path, out: Path, variant: str = "none", budget: int = 100) -> dict:
     """Fit on (a seeded sample of) the cell's train tiles; `variant` does not apply to a fitted method and is only
-    recorded."""
+    recorded. The cell's `seed` picks the tiles and drives every random choice of the fit (k-means initialisation,
+    pixel sample)."""
     from eqseg.data.cells import cell_train_ids, check_labels_match, load_labels
     from eqseg.train.loop import plot_history, weak_metrics, write_history
 
@@ -47,21 +48,22 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     images = [np.asarray(store.images[i]) for i in ids]
     masks = [np.asarray(labels[row_of[int(i)]]) for i in ids]
     method_options = typed.model_dump(exclude={"max_fit_tiles"})
-    state = classical.fit(model_name, images, masks, meta.classes, **method_options)
+    state = classical.fit(model_name, images, masks, meta.classes, seed=seed, **method_options)
+    # one fit, nothing to select: the validation score is a record, scored with the cell's own labels as networks are
+    validation = validation_for(params.train.select, store, labels_dir)
     info = ModelInfo(model=model_name, options=options, in_channels=meta.bands, num_classes=meta.num_classes,
                      classes=meta.classes, band_mean=meta.band_mean, band_std=meta.band_std,
                      normalise=params.normalise.mode, tile_size=meta.tile_size, dataset=dataset,
-                     supervision=sup.name, seed=seed)
-    val_ids = store.ids("val")
+                     supervision=sup.name, seed=seed, select=validation.select, selected_by="the one fit")
+    val_ids = validation.ids
     device = resolve_device("cpu")
     normaliser = norm.for_store(params.normalise.mode, (meta.band_mean, meta.band_std), store,
                                 sorted(set(store.index.loc[store.index.tile_id.isin(val_ids), "source"])) if params.normalise.mode == "image" else None)
-    val = scores(confusion_on(ClassicalNet(state, meta.num_classes), store, val_ids, params.evaluate.batch_size, device,
-                              normaliser), meta.classes) if len(val_ids) else {}
+    val = validation.score(ClassicalNet(state, meta.num_classes), store, params.evaluate.batch_size, device, normaliser,
+                           amp=False)
     seconds = time.perf_counter() - t0
-    history = [dict(epoch=1, train_loss=float("nan"), val_miou=val.get("miou_macro", float("nan")),
-                    val_iou_micro=val.get("iou_micro", float("nan")), seconds=seconds)]
-    summary = dict(best_epoch=1, best_val_miou=history[0]["val_miou"], final_train_loss=float("nan"), n_params=0,
+    history = [dict(epoch=1, train_loss=float("nan"), **val, seconds=seconds)]
+    summary = dict(best_epoch=1, best_val_miou=history[0]["val_miou"], best_val_score=val["val_score"], final_train_loss=float("nan"), n_params=0,
                    macs_per_tile=0, train_seconds=seconds)
     run_config = dict(dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed,
                       model_options=options,

@@ -24,8 +24,7 @@ from eqseg.data.cells import cell_train_ids, check_labels_match, load_labels
 from eqseg.data.dataset import TileDataset
 from eqseg.errors import EqsegError
 from eqseg.data import normalise as norm
-from eqseg.inference import confusion_on
-from eqseg.metrics import scores
+from eqseg.train.validate import Validation, selected_epoch, validation_for
 from eqseg.losses import build_loss
 from eqseg.models import build, count_macs, count_parameters
 from eqseg.models.checkpoint import ModelInfo, save_model
@@ -152,10 +151,11 @@ class MlflowObserver(Observer):
         tracking.end_run("KILLED")
 
 
-def run_epochs(model, net, ds, store, val_ids, loss_fn, optimiser, scheduler, scaler, device, amp, cfg, seed,
-               state: dict, ckpt: Checkpoint, observer: Observer, world: ddp.World, val_normaliser, batch_size: int) -> None:
-    """Train from state['epoch'] to cfg.epochs; rank 0 validates, keeps the best weights and checkpoints each epoch.
-    A progress bar over epochs shows in a terminal (rank 0), none in logs."""
+def run_epochs(model, net, ds, store, validation: Validation, loss_fn, optimiser, scheduler, scaler, device, amp, cfg,
+               seed, state: dict, ckpt: Checkpoint, observer: Observer, world: ddp.World, val_normaliser, batch_size: int) -> None:
+    """Train from state['epoch'] to cfg.epochs; rank 0 validates, keeps the selected epoch's weights (train.select,
+    eqseg.train.validate) and checkpoints each epoch. A progress bar over epochs shows in a terminal (rank 0), none
+    in logs."""
     from tqdm import tqdm
 
     for epoch in tqdm(range(state["epoch"], cfg.epochs), desc="train", unit="epoch", initial=state["epoch"],
@@ -167,19 +167,16 @@ def run_epochs(model, net, ds, store, val_ids, loss_fn, optimiser, scheduler, sc
         scheduler.step()
         if not world.main:
             continue
-        val = (scores(confusion_on(net, store, val_ids, batch_size, device, val_normaliser, amp), store.meta.classes)
-               if len(val_ids) else {})
-        row = dict(epoch=epoch + 1, train_loss=loss, val_miou=val.get("miou_macro", float("nan")),
-                   val_iou_micro=val.get("iou_micro", float("nan")), seconds=time.perf_counter() - t0)
+        val = validation.score(net, store, batch_size, device, val_normaliser, amp)
+        row = dict(epoch=epoch + 1, train_loss=loss, **val, seconds=time.perf_counter() - t0)
         state["history"].append(row)
         observer.epoch(row)
-        score = row["val_miou"] if np.isfinite(row["val_miou"]) else -row["train_loss"]
-        if score > state["best"]:
-            state["best"] = score
+        if validation.labels != "none" and selected_epoch(state["history"], validation) is row:
             state["best_state"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         state["epoch"] = epoch + 1
         ckpt.save(net, optimiser, scheduler, scaler, state)
-        log.info("epoch %d/%d loss %.4f val mIoU %.4f (%.1fs)", epoch + 1, cfg.epochs, loss, row["val_miou"], row["seconds"])
+        log.info("epoch %d/%d loss %.4f val score %.4f (%s labels) (%.1fs)", epoch + 1, cfg.epochs, loss,
+                 row["val_score"], validation.labels, row["seconds"])
 
 
 def variant_setup(params: Params, variant: str, loss_spec: dict) -> tuple[str, dict]:
@@ -231,7 +228,9 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     labels, label_ids, quality = load_labels(labels_dir)
     check_labels_match(quality, sup.name, labels_dir)
     train_ids = cell_train_ids(store, label_ids, sup.distill, cfg.max_train_tiles, seed, budget)
-    val_ids = store.ids("val")
+    tag_options = params.weak.options.get("tags", {})
+    validation = validation_for(cfg.select, store, labels_dir, int(tag_options.get("min_pixels", 1)))
+    val_ids = validation.ids
     mode = params.normalise.mode
     train_stats = (meta.band_mean, meta.band_std)  # training: the dataset is the training dataset
     stain = None
@@ -251,7 +250,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         model_options=options, loss=loss_spec, augment=augment,
         weak=params.weak.model_dump() if not sup.is_full else None, normalise=mode, stain=params.normalise.stain,
         train=cfg.model_dump(), tile=dict(size=meta.tile_size, overlap=meta.overlap), n_train_tiles=len(train_ids),
-        n_val_tiles=len(val_ids), tiles=str(tiles),
+        n_val_tiles=len(val_ids), tiles=str(tiles), **validation.record,
     )
     if sup.distill:  # (only then, so checkpoints of other cells keep their hash)
         run_config["distill"] = params.distill.model_dump(exclude={"device", "batch_size"})
@@ -266,13 +265,13 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     state = ckpt.load(net, optimiser, scheduler, scaler)
     if state is not None and world.main:
         log.warning("resuming %s from epoch %d (checkpoint %s)", out, state["epoch"], ckpt.path)
-    state = state or dict(epoch=0, history=[], best=-1.0, best_state=None, run_id=None)
+    state = state or dict(epoch=0, history=[], best_state=None, run_id=None)
     cell = dict(dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed)
     observer = (observer or MlflowObserver(params, cell, labels_dir, quality, tiles)) if world.main else Observer()
     observer.start(state, run_config, {"n_params": n_params, "macs_per_tile": macs, "device": str(device), "processes": world.size},
                    ckpt.config_hash)
     try:
-        run_epochs(model, net, ds, store, val_ids, loss_fn, optimiser, scheduler, scaler, device, amp, cfg, seed, state,
+        run_epochs(model, net, ds, store, validation, loss_fn, optimiser, scheduler, scaler, device, amp, cfg, seed, state,
                    ckpt, observer, world, val_normaliser, params.evaluate.batch_size)
     except BaseException:
         observer.fail()
@@ -282,13 +281,15 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     if not world.main:
         return {}
 
-    net.load_state_dict(state["best_state"])
+    if state["best_state"] is not None:  # else: the last epoch's weights, which the net holds
+        net.load_state_dict(state["best_state"])
     info = ModelInfo(model=model_name, options=options, in_channels=meta.bands, num_classes=meta.num_classes,
                      classes=meta.classes, band_mean=list(train_stats[0]), band_std=list(train_stats[1]), normalise=mode,
                      stain=stain.record if stain is not None else None,
-                     tile_size=meta.tile_size, dataset=dataset, supervision=sup.name, seed=seed)
-    best = max(state["history"], key=lambda r: r["val_miou"] if np.isfinite(r["val_miou"]) else -r["train_loss"])
-    summary = dict(best_epoch=best["epoch"], best_val_miou=best["val_miou"], final_train_loss=state["history"][-1]["train_loss"],
+                     tile_size=meta.tile_size, dataset=dataset, supervision=sup.name, seed=seed, **validation.record)
+    best = selected_epoch(state["history"], validation)
+    summary = dict(best_epoch=best["epoch"], best_val_miou=best["val_miou"], best_val_score=best["val_score"],
+                   **validation.record, final_train_loss=state["history"][-1]["train_loss"],
                    n_params=n_params, macs_per_tile=macs, train_seconds=sum(r["seconds"] for r in state["history"]))
     with atomic_dir(out) as tmp:
         save_model(tmp / "model.pt", net, info)

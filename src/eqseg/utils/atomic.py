@@ -244,17 +244,24 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
 
 
-@contextlib.contextmanager
-def atomic_file(target: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to `target` (same suffix, so writers infer the format); rename on success.
-
-    An existing file at `target` is replaced (the caller named that path); a folder or a symbolic link is not."""
+def check_file_replaceable(target: str | Path) -> None:
+    """Raise EqsegError if a single-file output cannot be written at `target` (a folder or a symbolic link is there);
+    `atomic_file` checks it too, but a command writing several files calls it for each before any work."""
     target = Path(target)
     if target.is_symlink():
         raise EqsegError(f"{target}: is a symbolic link; eqseg will not replace it (remove the link or choose another path)")
     if target.is_dir():
         raise EqsegError(f"{target}: is a folder, but a file is to be written there; it will not be replaced "
                          "(move it or choose another path)")
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to `target` (same suffix, so writers infer the format); rename on success.
+
+    An existing file at `target` is replaced (the caller named that path); a folder or a symbolic link is not."""
+    target = Path(target)
+    check_file_replaceable(target)
     _prepare_parent(target)
     try:
         fd, name = tempfile.mkstemp(prefix=_tmp_prefix(target, "tmp"), suffix=suffix or target.suffix, dir=target.parent)

@@ -34,14 +34,16 @@ def tag_matrix(masks: np.ndarray, tile_ids: np.ndarray, num_classes: int | None 
 
 def make_weak_labels(
     images: np.ndarray, masks: np.ndarray, train_ids: np.ndarray, kind: str, seed: int, options: dict | None = None,
-    expansion: str = "none", expansion_options: dict | None = None,
+    expansion: str = "none", expansion_options: dict | None = None, scored=None, valid=None,
 ) -> tuple[np.ndarray, dict]:
     """Weak (optionally expanded) labels of the train tiles, row i for tile train_ids[i], and the quality record.
 
     Labels are (N, H, W) uint8, 255 = no label, except for kind='tags': a (N, num_classes) presence matrix
     (`tag_matrix`; option num_classes). Tile t draws from default_rng((seed, t)), so its labels do not depend on
     which other tiles are processed, nor in what order. Expanded labels are 255 wherever the mask is: padding is
-    known without annotation, and never a class.
+    known without annotation, and never a class (`valid`: the store's image validity, indexed by tile id; default:
+    the labelled pixels of the mask). The quality record counts the pixels `scored(ids)` keeps (the
+    tile store's scored_masks: valid, owned, labelled: each pixel once); default: every labelled pixel.
     """
     check_kind(kind)
     seed = require_seed(seed)
@@ -50,6 +52,7 @@ def make_weak_labels(
     if expansion != "none" and kind in ("tags", "partial"):
         raise EqsegError(f"weak: expansion {expansion!r} needs sparse pixel labels, which kind {kind!r} does not give (use none)")
     train_ids = np.asarray(train_ids, dtype=np.int64)
+    scored = scored or (lambda ids: np.asarray(masks[ids]))
     if train_ids.size == 0:
         raise EqsegError("weak: no train tiles to label")
     record = {"kind": kind, "seed": seed, "options": options, "tiles": int(train_ids.size)}
@@ -57,14 +60,14 @@ def make_weak_labels(
     if kind == "tags":
         check_known("weak.tags", tag_matrix, options, skip=2)
         labels = tag_matrix(masks, train_ids, **options)
-        valid = sum(int(np.count_nonzero(np.asarray(masks[t]) != IGNORE)) for t in train_ids)
+        valid = sum(int(np.count_nonzero(scored([t]) != IGNORE)) for t in train_ids)
         quality = summarise([valid, 0, 0])
         return labels, record | _effort(kind, int(labels.sum()), train_ids.size) | quality | {"expansion": None}
     if kind == "partial":
         check_known("weak.partial", partial, options, skip=3)
         dense = np.asarray(masks[train_ids])
         labels, effort = partial(dense, train_ids, seed, **options)
-        quality = summarise(label_counts(labels, dense))
+        quality = summarise(label_counts(labels, scored(train_ids)))
         return labels, record | _effort(kind, effort, train_ids.size) | quality | {"expansion": None}
 
     labels = np.empty((train_ids.size, *masks.shape[1:]), dtype=np.uint8)
@@ -73,14 +76,14 @@ def make_weak_labels(
 
     # a progress bar in a terminal, none in logs (disable=None: off when stderr is not a TTY)
     for row, t in enumerate(tqdm(train_ids, desc=f"weak {kind}", unit="tile", disable=None, leave=False)):
-        mask = np.asarray(masks[t])
+        mask, truth = np.asarray(masks[t]), scored([t])[0]
         weak, tile_effort = annotate(mask, kind, np.random.default_rng((seed, int(t))), **options)
         effort += tile_effort
-        weak_counts += label_counts(weak, mask)
+        weak_counts += label_counts(weak, truth)
         if expansion != "none":
             weak = expand(np.asarray(images[t]), weak, expansion, **expansion_options)
-            weak[mask == IGNORE] = IGNORE
-            expanded_counts += label_counts(weak, mask)
+            weak[(mask == IGNORE) if valid is None else ~np.asarray(valid[t])] = IGNORE
+            expanded_counts += label_counts(weak, truth)
         labels[row] = weak
     expanded = None if expansion == "none" else {"method": expansion, "options": expansion_options} | summarise(expanded_counts)
     return labels, record | _effort(kind, effort, train_ids.size) | summarise(weak_counts) | {"expansion": expanded}
