@@ -132,6 +132,16 @@ def test_names_that_become_paths_are_checked(change, key, bad):
     assert repr(bad) in line and ("not a valid name" in line or "letters, digits, _ . - only" in line), line
 
 
+def test_a_slide_name_cannot_take_the_file_of_another_slides_mask():
+    from eqseg.config import parse_params
+    from eqseg.errors import EqsegError
+
+    p = yaml.safe_load((ROOT / "tests/smoke/params.yaml").read_text())
+    p["slides"]["cpm15_slides"]["slides"]["cpm15_20x.mask"] = {"mpp": 0.5}  # cpm15_20x.mask.ome.tif twice
+    with pytest.raises(EqsegError, match=r"^p\.yaml: slides\.cpm15_slides\.slides: 'cpm15_20x' and 'cpm15_20x\.mask'"):
+        parse_params(p, "p.yaml")
+
+
 @pytest.mark.parametrize("good", ["_mask", "", "-gt.v2"])
 def test_ordinary_mask_suffixes_are_accepted(good):
     from eqseg.config import parse_params

@@ -152,7 +152,6 @@ def test_evaluate_and_predict_dataset_agree(crops, mode, adabn, tmp_path):
     assert m["adabn"] is adabn and all(p["adabn"] is adabn for p in per_source)
 
 
-@register("pixelwise_test")
 def _pixelwise(in_channels: int, num_classes: int, width: int = 8) -> torch.nn.Module:
     """A per-pixel model (1x1 convolutions, one batch norm): its output at a pixel does not depend on the window
     around it, so evaluate (each pixel from the tile owning it) and predict (each pixel blended from every
@@ -166,6 +165,9 @@ def blended(tmp_path_factory):
     """Crops of 360 px (not a multiple of the 64-px tile: the last tiles are shifted back and overlap), a per-pixel
     model whose recorded statistics differ from the store's (so that modes train, dataset and image all give other
     inputs), and prediction windows that overlap and blend (window 64, overlap 16)."""
+    from eqseg.models import _REGISTRY
+
+    register("pixelwise_test")(_pixelwise)  # for this module only: the registry holds the pipeline's models
     tmp = tmp_path_factory.mktemp("blend")
     crop_pairs(tmp / "data", ["image01", "image02", "image03"], 360)
     params = params_for(tmp, tmp / "data", "train")
@@ -189,7 +191,8 @@ def blended(tmp_path_factory):
         opt.step()
     (tmp / "model").mkdir()
     save_model(tmp / "model" / "model.pt", model.eval(), info)
-    return tmp
+    yield tmp
+    _REGISTRY.pop("pixelwise_test")
 
 
 @pytest.mark.parametrize("mode, adabn", [("train", False), ("dataset", False), ("image", False), ("dataset", True)])

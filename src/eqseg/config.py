@@ -173,6 +173,9 @@ class SlideGroup(_Strict):
     def _slide_names(cls, v: dict[str, SlideToBuild]) -> dict[str, SlideToBuild]:
         for name in v:
             check_name(None, name)  # e.g. '../escaped' would write outside the group's folder
+            if f"{name}.mask" in v:
+                raise ValueError(f"{name!r} and {name + '.mask'!r}: the slide {name + '.mask'}.ome.tif would replace the "
+                                 f"mask of {name}; rename one")
         return v
 
 

@@ -263,6 +263,17 @@ def digits_table(params: Params, root: Path = Path(".")) -> str:
     return "\n".join(lines) + "\n"
 
 
+def selection_note(table: pd.DataFrame) -> str:
+    """How the cells' epochs were chosen (train.select), in one sentence for the report."""
+    chosen = sorted({str(v) for v in table.get("select", pd.Series(dtype=object)).dropna()})
+    meaning = {"own": "own (each cell's best validation epoch scored with the labels its supervision has on the val "
+                      "tiles: points for a points cell)",
+               "dense": "dense (the dense val masks: an oracle for weak-label cells)", "last": "last (the last epoch)"}
+    if not chosen:
+        return "Epoch selection: not recorded (models of an earlier eqseg)."
+    return "Epoch selection (train.select): " + "; ".join(meaning.get(c, c) for c in chosen) + "."
+
+
 def report(params: Params, out: Path) -> pd.DataFrame:
     check_replaceable(out)  # a folder eqseg did not write is refused before any work
     table = collect(params)
@@ -270,8 +281,9 @@ def report(params: Params, out: Path) -> pd.DataFrame:
     w = networks_first(wide(summary), params.grid.models)
     gains = distill_gains(table)
     modes = ", ".join(sorted(set(table["normalise"]))) if "normalise" in table else "train"
-    text = ("# eqseg report\n\n## Segmentation\n\nDense test labels; mean ± std over seeds; Δ = paired difference to the "
-            f"unet of the same cell (per seed), 95 % t interval over seeds. Inputs normalised with: {modes}.\n\n"
+    text = ("# eqseg report\n\n## Segmentation\n\nDense test labels, each pixel once; mean ± std over seeds; Δ = paired "
+            f"difference to the unet of the same cell (per seed), 95 % t interval over seeds. Inputs normalised with: "
+            f"{modes}. {selection_note(table)}\n\n"
             + to_markdown(w, table))
     if per_set := by_test_set(w):
         text += ("\n## Per test set\n\nTest mIoU (macro), mean ± std over seeds, a column per test set: the trained "
