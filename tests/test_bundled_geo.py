@@ -246,8 +246,14 @@ def test_massachusetts_clip_labels_and_clipping(tmp_path):
     assert {c: int(index[f"px_{c}"].sum()) for c in MA_PIXELS} == MA_PIXELS
     assert int(index["px_unlabelled"].sum()) == 2 * TILE * (TILE - 92)
     assert_tiles_equal_reference(index, masks, {MA_RASTER.stem: reference(MA_RASTER, MA_LABELS, ma_ids)}, once=False)
-    with rasterio.open(MA_RASTER) as ds:  # the statistics of all tiles (every pixel of the sampled grid of each tile)
-        x = np.concatenate([ds.read(window=((r, r + TILE), (0, 92)))[:, ::2, ::2].reshape(3, -1) for r in (0, 169 - TILE)], axis=1)
+    # the statistics of all tiles, each pixel once: tiles at rows 0 and 41 overlap on rows 41-127, cut at the middle
+    # (window centres 64 and 105: rows 0-84 belong to the first, row 84's centre 84.5 lying as far from both and
+    # going to the lower tile, rows 85-168 to the second), on every other row and column of each tile (local rows
+    # 0, 2, ..., 84 of the first; 44, 46, ..., 126 of the second)
+    with rasterio.open(MA_RASTER) as ds:
+        scene = ds.read()
+    rows = list(range(0, 85, 2)) + [169 - TILE + r for r in range(44, TILE, 2)]
+    x = scene[:, rows, ::2].reshape(3, -1).astype(np.float64)
     assert meta.band_mean == pytest.approx(x.mean(axis=1).tolist(), rel=1e-12)
     # only the polygons inside the clip matter: the same store from those 7 alone
     only_inside = tmp_path / "inside.gpkg"
