@@ -130,12 +130,18 @@ def owned_masks(rows: np.ndarray, cols: np.ndarray, heights: np.ndarray, widths:
     which = np.arange(len(rows)) if which is None else np.asarray(which, np.int64)
     out = np.zeros((len(which), S, S), dtype=bool)
     axis = (2 * np.arange(S, dtype=np.int64) + 1 - S) ** 2  # squared doubled distance to the centre, along one axis
+    by_row = np.argsort(rows, kind="stable")  # neighbours are looked up in the band of rows within a tile
+    sorted_rows = rows[by_row]
     for i, k in enumerate(which):
         r, c, h, w = rows[k], cols[k], heights[k], widths[k]
+        band = by_row[np.searchsorted(sorted_rows, r - S + 1) : np.searchsorted(sorted_rows, r + S)]
+        near = band[(np.abs(cols[band] - c) < S) & (band != k)]
+        if not near.size:  # no other tile within reach (a grid without overlap): the tile owns all it covers
+            out[i, :h, :w] = True
+            continue
         own = axis[:h, None] + axis[None, :w]
         keep = np.ones((h, w), dtype=bool)
-        near = np.flatnonzero((np.abs(rows - r) < S) & (np.abs(cols - c) < S))
-        for j in near[near != k]:
+        for j in near:
             # the part of tile j's in-extent area inside tile k's, in k's coordinates
             y0, y1 = max(rows[j] - r, 0), min(rows[j] + heights[j] - r, h)
             x0, x1 = max(cols[j] - c, 0), min(cols[j] + widths[j] - c, w)
