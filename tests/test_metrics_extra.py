@@ -309,3 +309,84 @@ def test_predict_object_scores_pooled_over_sources_match_brute_force():
         assert got["aji_pooled"] == pytest.approx(ref["aji_pooled"], abs=1e-12)
         per_source_f1 = np.mean([s[name]["obj_f1"] for s in per_source])
         assert abs(per_source_f1 - ref["f1"]) > 1e-3  # pooling and averaging per source differ here
+
+
+# --------------------------------------------------------------------------------- mutation testing (bench/README.md)
+def test_exact_ap_of_8_bit_scores_and_0_255_masks_matches_scikit_learn():
+    """Scores quantised to uint8 (0..255) and a binary mask stored as 0/255: the ranking and the positives are those
+    of the values, not of their wrapped-around negatives or of 255 counted as 255 positives."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(2)
+    y = rng.random(300) < 0.4
+    s = np.clip(rng.normal(100 + 60 * y, 40), 0, 255).astype(np.uint8)
+    mask = np.where(y, 255, 0).astype(np.uint8)
+    assert average_precision_exact(s, mask) == pytest.approx(average_precision_score(y, s.astype(float)), abs=1e-12)
+    # a single positive is a defined AP: the precision where it is found
+    assert average_precision_exact([0.9, 0.8, 0.7], [0, 1, 0]) == pytest.approx(0.5)
+    with pytest.raises(EqsegError, match=r"^average_precision_exact: scores \(3,\) and labels \(2,\) differ in size$"):
+        average_precision_exact([0.1, 0.2, 0.3], [0, 1])
+
+
+def test_dice_in_float64_quiet_for_absent_classes_and_shape_checked():
+    import warnings
+
+    cm = np.array([[7, 2, 0], [1, 5, 0], [0, 0, 0]], dtype=np.float32)  # class 2 absent from truth and prediction
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = dice_scores(cm, ["a", "b", "c"])
+    assert out["dice_a"] == 2 * 7 / (2 * 7 + 2 + 1) and out["dice_b"] == 2 * 5 / (2 * 5 + 1 + 2)  # float64 exactly
+    assert math.isnan(out["dice_c"]) and out["dice_macro"] == pytest.approx((14 / 17 + 10 / 13) / 2, rel=1e-15)
+    msg = r"^dice_scores: confusion matrix \(.*\) does not match 2 classes$"
+    for bad in (np.ones((2, 3)), np.ones(2), np.ones((2, 2, 2))):
+        with pytest.raises(EqsegError, match=msg):
+            dice_scores(bad, ["a", "b"])
+
+
+def test_histogram_ap_merge_equals_one_accumulator_and_refuses_mismatches():
+    rng = np.random.default_rng(6)
+    probs = rng.dirichlet([1, 1, 1], size=400)
+    target = rng.integers(0, 3, size=400)
+    whole, first, second = HistogramAP(3, bins=50), HistogramAP(3, bins=50), HistogramAP(3, bins=50)
+    whole.update(probs, target)
+    first.update(probs[:150], target[:150])
+    second.update(probs[150:], target[150:])
+    assert first.merge(second) is first
+    assert np.array_equal(first.pos, whole.pos) and np.array_equal(first.neg, whole.neg)
+    assert first.pos.sum() + first.neg.sum() == 3 * 400
+    for other in (HistogramAP(2, bins=50), HistogramAP(3, bins=40), HistogramAP(3, bins=50, spacing="linear")):
+        with pytest.raises(EqsegError, match=r"^HistogramAP.merge: accumulators differ in classes, bins or spacing$"):
+            whole.merge(other)
+
+
+def test_histogram_ap_without_positives_is_a_quiet_nan_and_class_names_are_checked():
+    import warnings
+
+    acc = HistogramAP(2, bins=10)
+    acc.update(np.array([[0.7, 0.3]]), np.array([255]))  # nothing labelled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = acc.compute(["a", "b"])
+    assert math.isnan(out["ap_macro"]) and math.isnan(out["ap_a"]) and math.isnan(out["ap_b"])
+    with pytest.raises(EqsegError, match=r"^HistogramAP.compute: 3 class names for 2 classes$"):
+        acc.compute(["a", "b", "c"])
+
+
+def test_instances_from_classes_connectivity_and_errors():
+    diagonal = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 2]])
+    assert instances_from_classes(diagonal, 1, connectivity=1).max() == 2  # 4-connected: two objects
+    eight = instances_from_classes(diagonal, 1, connectivity=2)  # 8-connected: one
+    assert eight.max() == 1 and eight.dtype == np.int32 and eight[2, 2] == 0
+    with pytest.raises(EqsegError, match=r"^instances_from_classes: connectivity must be 1 or 2 \(got 3\)$"):
+        instances_from_classes(diagonal, 1, connectivity=3)
+    with pytest.raises(EqsegError, match=r"^instances_from_classes: expected a 2-d class map, got shape \(3,\)$"):
+        instances_from_classes(np.zeros(3), 1)
+
+
+def test_dice_of_an_empty_matrix_is_a_quiet_nan():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = dice_scores(np.zeros((2, 2), dtype=np.int64), ["a", "b"])
+    assert math.isnan(out["dice_macro"]) and math.isnan(out["dice_a"]) and math.isnan(out["dice_b"])

@@ -138,3 +138,69 @@ def test_statistics_come_from_valid_owned_pixels_never_from_labels(spacenet_stor
             return np.full(store.masks.shape, IGNORE, np.uint8)
 
     assert source_statistics(Unlabelled(store.path)) == before
+
+
+# --------------------------------------------------------------------------------- mutation testing (bench/README.md)
+def test_write_ownership_in_chunks_matches_the_brute_force_owner_of_each_source(tmp_path):
+    """owned.npy written a few tiles at a time (chunk smaller than a source's tiles), two sources side by side in id
+    order: every row is the brute-force owner's mask of that tile within its own source."""
+    from eqseg.tiling.store import write_ownership
+
+    size = 8
+    plans = {0: (20, 19, 3), 1: (13, 21, 2)}  # source: height, width, overlap
+    src_i, tiles = [], []
+    for s, (h, w, ov) in plans.items():
+        for r in grid.window_origins(h, size, ov):
+            for c in grid.window_origins(w, size, ov):
+                src_i.append(s)
+                tiles.append((r, c, min(size, h - r), min(size, w - c)))
+    rows, cols, heights, widths = (np.array(v) for v in zip(*tiles))
+    write_ownership(tmp_path / "owned.npy", np.array(src_i), rows, cols, heights, widths, size, chunk=2)
+    owned = np.load(tmp_path / "owned.npy")
+    assert owned.shape == (len(tiles), size, size) and owned.dtype == bool
+    for s, (h, w, _) in plans.items():
+        at = [k for k, i in enumerate(src_i) if i == s]
+        owner = brute_force_owner([tiles[k] for k in at], size, h, w)
+        for local, k in enumerate(at):
+            r, c, th, tw = tiles[k]
+            expected = np.zeros((size, size), bool)
+            expected[:th, :tw] = owner[r : r + th, c : c + tw] == local
+            assert np.array_equal(owned[k], expected), (s, local)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.int32])
+def test_store_sums_count_valid_owned_pixels_on_every_other_row_and_column(tmp_path, dtype):
+    """store_sums against a loop over pixels: count, sum and sum of squares per band over pixels that are valid AND
+    owned, sampled on even rows and columns, over several chunks, for integer and float images."""
+    from eqseg.tiling.store import store_sums
+
+    rng = np.random.default_rng(3)
+    n, bands, size = 7, 2, 6
+    images = (rng.integers(0, 250, size=(n, bands, size, size)) + (0.25 if dtype == np.float32 else 0)).astype(dtype)
+    valid, owned = rng.random((n, size, size)) < 0.7, rng.random((n, size, size)) < 0.6
+    for name, a in (("images", images), ("valid", valid), ("owned", owned)):
+        np.save(tmp_path / f"{name}.npy", a)
+    ids = [5, 0, 2, 3, 6]
+    expected = np.zeros((3, bands))
+    for k in ids:
+        for y in range(0, size, 2):
+            for x in range(0, size, 2):
+                if valid[k, y, x] and owned[k, y, x]:
+                    v = images[k, :, y, x].astype(np.float64)
+                    expected += np.stack([np.ones(bands), v, v * v])
+    got = store_sums(tmp_path, np.array(ids), chunk=2)
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_owned_masks_of_tiles_that_are_near_but_do_not_overlap():
+    """Tiles of any shape, not only a grid: a short tile within a tile's reach that does not overlap it must not stop
+    the comparison with the tiles after it (brute-force owner as the reference)."""
+    size, height, width = 8, 16, 12
+    tiles = [(0, 0, 3, 8), (4, 0, 8, 8), (6, 2, 8, 8), (5, 4, 8, 8)]  # (row, col, height, width)
+    owner = brute_force_owner(tiles, size, height, width)
+    rows, cols, heights, widths = (np.array(v) for v in zip(*tiles))
+    masks = grid.owned_masks(rows, cols, heights, widths, size)
+    for k, (r, c, h, w) in enumerate(tiles):
+        expected = np.zeros((size, size), bool)
+        expected[:h, :w] = owner[r : r + h, c : c + w] == k
+        assert np.array_equal(masks[k], expected), k

@@ -433,3 +433,42 @@ def test_prediction_sources_are_the_test_sources_of_the_store(tmp_path, root):
     build_tile_store("cpm", params.dataset("cpm"), params.tile, tmp_path / "tiles")
     index = TileStore(tmp_path / "tiles").index
     assert prediction_sources(params, "cpm") == sorted(set(index.loc[index.split == "test", "source"]))
+
+
+# --------------------------------------------------------------------------------- mutation testing (bench/README.md)
+def test_row_band_outputs_keep_their_documented_types():
+    """Class map uint8, probabilities float32 (what the probability rasters hold), labels uint8, whatever the band
+    accumulates in between."""
+    band = RowBand(3, 4, 6, 1)
+    probs = np.full((3, 4, 4), 1 / 3, np.float32)
+    probs[1] += 0.1
+    band.add(0, probs, np.full((4, 4), 7, np.uint8), None)
+    band.add(2, probs, np.full((4, 4), 9, np.uint8), None)
+    cls, p, labels, missing = band.pop(4)
+    assert cls.dtype == np.uint8 and p.dtype == np.float32 and labels.dtype == np.uint8 and missing.dtype == bool
+    assert (cls == 1).all() and (labels[:, :2] == 7).all() and (labels[:, 2:] == 9).all() and not missing.any()
+    assert np.allclose(p[1], 1 / 3 + 0.1) and np.allclose(p.sum(axis=0), 1.1)
+
+
+def test_row_band_narrower_than_a_window_keeps_the_part_inside():
+    """A scene narrower than the window (its one window padded on the right): only the columns inside count."""
+    band = RowBand(2, 4, 3, 0)
+    probs = np.zeros((2, 4, 4), np.float32)
+    probs[1, :, :3], probs[0, :, 3] = 1, 1  # the padded column says class 0: it must not appear
+    labels = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    band.add(0, probs, labels, None)
+    cls, p, lab, missing = band.pop(4)
+    assert cls.shape == (4, 3) and (cls == 1).all() and np.array_equal(lab, labels[:, :3]) and not missing.any()
+    band = RowBand(2, 4, 6, 0)  # and a second window at column 3 that reaches one column past the edge
+    band.add(0, probs[::-1].copy(), labels, None)
+    band.add(3, probs, labels, None)
+    cls, _, lab, _ = band.pop(4)
+    assert cls.shape == (4, 6) and (cls[:, :3] == 0).all() and (cls[:, 3:] == 1).all()
+    assert np.array_equal(lab[:, 3:], labels[:, :3])
+
+
+def test_ramp_of_a_one_pixel_overlap_halves_the_edge_pixels():
+    """Raised cosine sampled at pixel centres: 0.5 - 0.5 cos(pi (i + 0.5) / overlap); for overlap 1 that is 0.5."""
+    assert ramp(4, 1) == pytest.approx([0.5, 1, 1, 0.5])
+    assert ramp(6, 2) == pytest.approx([0.5 - 0.5 * np.cos(np.pi / 4), 0.5 - 0.5 * np.cos(3 * np.pi / 4), 1, 1,
+                                        0.5 - 0.5 * np.cos(3 * np.pi / 4), 0.5 - 0.5 * np.cos(np.pi / 4)])

@@ -251,3 +251,124 @@ def test_t_interval_matches_scipy(n, confidence):
     if hasattr(test, "confidence_interval"):  # the paired t test's own interval (scipy >= 1.10)
         ci = test.confidence_interval(confidence)
         assert (res["lo"], res["hi"]) == pytest.approx((ci.low, ci.high), rel=1e-12, abs=1e-14)
+
+
+# --------------------------------------------------------------------------------- edge cases (mutation testing)
+# Written for the mutants that survived `mutmut` over eqseg.stats (bench/README.md, "Mutation testing"); the
+# expected values come from the standard library (statistics, math.fsum) or by hand.
+
+
+def test_mean_std_of_two_values_and_of_none_is_quiet_nan():
+    import statistics
+    import warnings
+
+    assert mean_std([1.0, 2.0]) == pytest.approx({"mean": 1.5, "std": statistics.stdev([1.0, 2.0]), "n": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" / "degrees of freedom <= 0" on the way
+        for values, n in (([], 0), ([None, float("nan"), float("inf")], 0), ([0.3], 1)):
+            res = mean_std(values)
+            assert res["n"] == n and math.isnan(res["std"])
+            assert math.isnan(res["mean"]) if n == 0 else res["mean"] == 0.3
+
+
+def test_float32_values_are_summarised_in_float64():
+    import statistics
+
+    values = np.random.default_rng(0).uniform(0, 1, 101).astype(np.float32) + np.float32(1000)
+    exact = [float(v) for v in values]  # the float32 values, each exactly, as Python floats
+    res = mean_std(values)
+    assert res["mean"] == pytest.approx(statistics.fmean(exact), rel=1e-14)
+    assert res["std"] == pytest.approx(statistics.stdev(exact), rel=1e-9)
+    boot = paired_bootstrap_interval(values, np.zeros(101, dtype=np.float32), n_boot=3)
+    assert boot["diff"] == pytest.approx(math.fsum(exact) / 101, rel=1e-14)
+    boot = paired_bootstrap_interval(np.zeros(101, dtype=np.float32), values, n_boot=3)
+    assert boot["diff"] == pytest.approx(-math.fsum(exact) / 101, rel=1e-14)
+
+
+def test_t_interval_drops_pairs_with_a_nan_on_either_side_and_keeps_the_differences():
+    nan = float("nan")
+    res = paired_t_interval([0.6, nan, 0.7, 0.9], [0.5, 0.6, nan, 0.6])  # kept pairs: diffs .1 and .3
+    half = T975_DF1 * np.std([0.1, 0.3], ddof=1) / math.sqrt(2)
+    assert res["n"] == 2 and res["diffs"] == pytest.approx([0.1, 0.3])
+    assert (res["diff"], res["lo"], res["hi"]) == pytest.approx((0.2, 0.2 - half, 0.2 + half))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = paired_t_interval([nan, 0.5], [0.4, nan])
+    assert empty["n"] == 0 and empty["diffs"] == [] and all(math.isnan(empty[k]) for k in ("diff", "lo", "hi"))
+    with pytest.raises(EqsegError, match=r"^paired_t_interval: model \(\(2,\)\) and baseline \(\(1,\)\) need one value"):
+        paired_t_interval([1, 2], [1])
+
+
+def test_bootstrap_edge_cases_defaults_and_messages():
+    x = np.array([0.5, 0.7, 0.6])
+    res = paired_bootstrap_interval(x, x - 0.1)
+    assert (res["n_boot"], res["seed"], res["n_images"]) == (2000, 0, 3)  # the defaults, recorded
+    assert res == paired_bootstrap_interval(x, x - 0.1, n_boot=2000, seed=0)
+    assert paired_bootstrap_interval(x, x - 0.1, seed=1)["seed"] == 1
+    one = paired_bootstrap_interval([0.8], [0.5], n_boot=1)  # one image, one resample: the difference itself
+    assert (one["diff"], one["lo"], one["hi"]) == pytest.approx((0.3, 0.3, 0.3))
+    # a metric that is never finite leaves no resample: NaN bounds, not an error
+    none = paired_bootstrap_interval(x, x, metric=lambda s: float("nan"), n_boot=5)
+    assert math.isnan(none["lo"]) and math.isnan(none["hi"])
+    shape = r"^paired_bootstrap_interval: model \(.*\) and baseline \(.*\) statistics must have one shape \(n_images, \.\.\.\)$"
+    for a, b in (([0.1, 0.2], [0.1]), ([], []), (0.5, 0.5), (np.zeros((2, 2)), np.zeros((3, 2)))):
+        with pytest.raises(EqsegError, match=shape):
+            paired_bootstrap_interval(a, b)
+    with pytest.raises(EqsegError, match=r"^paired_bootstrap_interval: n_boot must be >= 1 \(got 0\)$"):
+        paired_bootstrap_interval(x, x, n_boot=0)
+
+
+def test_nested_budget_errors_say_what_is_wrong():
+    with pytest.raises(EqsegError, match=r"^nested_budget_ids: train ids must be unique$"):
+        nested_budget_ids(["a", "b", "a"], [0.5], seed=0)
+    with pytest.raises(EqsegError, match=r"^nested_budget_ids: no train ids$"):
+        nested_budget_ids([], [0.5], seed=0)
+    with pytest.raises(EqsegError, match=r"^nested_budget_ids: budget fractions must be in \(0, 1\] \(got 0\)$"):
+        nested_budget_ids(["a"], [0], seed=0)
+
+
+def test_summarise_keys_with_missing_values_order_confidence_and_schema():
+    nan = float("nan")
+    rows = []
+    for variant in (None, "d4"):  # one cell's variant is missing (NaN in the table); it still pairs with its own unet
+        for seed, (u, p) in enumerate([(0.5, 0.6), (0.6, 0.8), (0.7, 0.7)]):
+            shift = 0.0 if variant is None else 0.2
+            rows.append(dict(model="unet", variant=variant, seed=seed, miou=u + shift))
+            rows.append(dict(model="p4m_unet", variant=variant, seed=seed, miou=p + 3 * shift))
+    table = pd.DataFrame(rows[::-1])  # rows given in reverse: the summary is still sorted by its keys
+    out = summarise(table, confidence=0.9)
+    assert list(out.columns) == ["model", "variant", "metric", "mean", "std", "n", "diff", "diff_lo", "diff_hi",
+                                 "n_pairs"]
+    assert list(zip(out.model, out.variant.fillna("-"))) == [("p4m_unet", "d4"), ("p4m_unet", "-"), ("unet", "d4"),
+                                                              ("unet", "-")]
+    t95_df2 = 2.919985580355516  # scipy.stats.t.ppf(0.95, 2): the 90 % interval
+    for variant, diff, diffs in (("d4", 0.5, [0.5, 0.6, 0.4]), (None, 0.1, [0.1, 0.2, 0.0])):
+        r = out[(out.model == "p4m_unet") & (out.variant.isna() if variant is None else out.variant == variant)]
+        assert len(r) == 1
+        half = t95_df2 * np.std(diffs, ddof=1) / math.sqrt(3)
+        assert (r.iloc[0]["diff"], r.iloc[0]["diff_lo"], r.iloc[0]["diff_hi"], r.iloc[0]["n_pairs"]) == pytest.approx(
+            (diff, diff - half, diff + half, 3))
+    # a table of the baseline alone: its differences are NaN floats
+    base = summarise(table[table.model == "unet"])
+    assert (base[["diff", "diff_lo", "diff_hi"]].dtypes == np.float64).all()
+    assert base[["diff", "diff_lo", "diff_hi"]].isna().all().all()
+    # no rows: the same columns
+    empty = summarise(table.iloc[:0], metrics=["miou"])
+    assert list(empty.columns) == list(out.columns) and len(empty) == 0
+    # a row repeated for the same cell and seed with another value is a duplicate too
+    dup = pd.concat([table, table.iloc[:1].assign(miou=nan)])
+    with pytest.raises(EqsegError, match=r"^summarise: 1 duplicate rows for the same cell and seed$"):
+        summarise(dup)
+    with pytest.raises(EqsegError, match=r"^summarise: expected a pandas DataFrame$"):
+        summarise(rows)
+
+
+@pytest.mark.parametrize("confidence", [0, 1, 1.5, -0.1])
+def test_confidence_outside_the_open_unit_interval_is_refused(confidence):
+    msg = rf"^confidence must be in \(0, 1\) \(got {confidence}\)$"
+    with pytest.raises(EqsegError, match=msg):
+        paired_t_interval([0.5, 0.6], [0.4, 0.5], confidence)
+    with pytest.raises(EqsegError, match=msg):
+        paired_bootstrap_interval([0.5, 0.6], [0.4, 0.5], confidence=confidence)
