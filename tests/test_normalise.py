@@ -49,6 +49,20 @@ def params_for(tmp: Path, folder: Path, mode: str, adabn: bool = False):
     return parse_params(p)
 
 
+def fit_a_little(model, store: TileStore, stats, lr: float, steps: int) -> None:
+    """A few Adam steps on the store's train tiles: a model that finds nuclei, not all background."""
+    ids = store.ids("train")
+    x = torch.from_numpy(norm.normalise(store.images[ids], *stats))
+    y = torch.from_numpy(np.asarray(store.masks[ids]).astype(np.int64))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for step in range(steps):
+        sel = torch.arange(step * 8, step * 8 + 8) % len(ids)
+        loss = torch.nn.functional.cross_entropy(model(x[sel]), y[sel], ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("norm")
@@ -60,17 +74,7 @@ def crops(tmp_path_factory):
     info = ModelInfo(model="unet", options={"depth": 2, "width": 8}, in_channels=3, num_classes=2,
                      classes=["background", "nucleus"], band_mean=meta.band_mean, band_std=meta.band_std,
                      tile_size=TILE, dataset="crops", supervision="full", seed=0)
-    store = TileStore(tmp / "tiles")  # a few steps on the train tiles: a model that finds nuclei, not all background
-    ids = store.ids("train")
-    x = torch.from_numpy(norm.normalise(store.images[ids], info.band_mean, info.band_std))
-    y = torch.from_numpy(np.asarray(store.masks[ids]).astype(np.int64))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for step in range(40):
-        sel = torch.arange(step * 8, step * 8 + 8) % len(ids)
-        loss = torch.nn.functional.cross_entropy(model(x[sel]), y[sel], ignore_index=255)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_a_little(model, TileStore(tmp / "tiles"), (info.band_mean, info.band_std), lr=0.01, steps=40)
     (tmp / "model").mkdir()
     save_model(tmp / "model" / "model.pt", model, info)
     return tmp, meta
@@ -179,16 +183,7 @@ def blended(tmp_path_factory):
     stats = ([m + 25.0 for m in meta.band_mean], [s * 1.4 for s in meta.band_std])  # not the store's statistics
     info = ModelInfo(model="pixelwise_test", options={}, in_channels=3, num_classes=2, classes=["background", "nucleus"],
                      band_mean=stats[0], band_std=stats[1], tile_size=TILE, dataset="crops", supervision="full", seed=0)
-    ids = store.ids("train")
-    x = torch.from_numpy(norm.normalise(store.images[ids], *stats))
-    y = torch.from_numpy(np.asarray(store.masks[ids]).astype(np.int64))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for step in range(30):
-        sel = torch.arange(step * 8, step * 8 + 8) % len(ids)
-        loss = torch.nn.functional.cross_entropy(model(x[sel]), y[sel], ignore_index=255)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_a_little(model, store, stats, lr=0.05, steps=30)
     (tmp / "model").mkdir()
     save_model(tmp / "model" / "model.pt", model.eval(), info)
     yield tmp
