@@ -89,6 +89,24 @@ def test_own_validation_scores_only_the_points_of_the_val_tiles(setup):
     assert d["val_score"] == pytest.approx(m1 / (m1 + m0) / 2) and d["val_score"] != s["val_score"]
 
 
+def test_tags_validation_is_the_mean_jaccard_of_predicted_and_given_tags(setup):
+    """A model predicting "nucleus" everywhere: present on every val tile, "background" on none. Hand-computed:
+    Jaccard(background) = 0, Jaccard(nucleus) = tiles tagged nucleus / all val tiles."""
+    from eqseg.data.normalise import Normaliser
+
+    tmp, _, _ = setup
+    store = TileStore(tmp / "tiles")
+    ids = np.sort(store.ids("val"))
+    tags = np.zeros((len(ids), 2), np.uint8)
+    tags[:, 0] = 1
+    tags[::3, 1] = 1  # every third val tile tagged nucleus
+    v = Validation("own", "own", ids, tags)
+    norm = Normaliser("train", store.meta.band_mean, store.meta.band_std)
+    s = v.score(Constant(1), store, 8, torch.device("cpu"), norm, amp=False)
+    assert s["val_score"] == pytest.approx((0.0 + len(ids[::3]) / len(ids)) / 2)
+    assert np.isnan(s["val_miou"])
+
+
 def test_selected_epoch_is_the_first_best_or_the_last_without_validation():
     history = [dict(epoch=1, val_score=0.5), dict(epoch=2, val_score=0.7), dict(epoch=3, val_score=0.7),
                dict(epoch=4, val_score=0.6)]

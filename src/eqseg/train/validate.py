@@ -36,6 +36,10 @@ class Validation:
     own: np.ndarray | None = None
     min_pixels: int = 1
 
+    def _rows(self, sel: np.ndarray) -> np.ndarray:
+        """Rows of `own` for the tiles `sel` (own is in the order of the sorted ids)."""
+        return np.searchsorted(self.ids, sel)
+
     @property
     def record(self) -> dict:
         """What metrics.json, model.pt and MLflow say about the selection."""
@@ -56,11 +60,9 @@ class Validation:
             return empty | {"val_score": self._tag_score(net, store, batch_size, device, normaliser, amp)}
         truth = None
         if self.own is not None:
-            row_of = {int(t): r for r, t in enumerate(self.ids)}
 
             def truth(sel):
-                labels = np.asarray(self.own[[row_of[int(t)] for t in sel]])
-                return np.where(store.counted(sel), labels, np.uint8(IGNORE))
+                return np.where(store.counted(sel), self.own[self._rows(sel)], np.uint8(IGNORE))
 
         cm = confusion_on(net, store, self.ids, batch_size, device, normaliser, amp, truth=truth)
         s = scores(cm, store.meta.classes)
@@ -69,14 +71,12 @@ class Validation:
     def _tag_score(self, net, store, batch_size, device, normaliser, amp) -> float:
         """Mean over classes of the Jaccard index between the tiles a class is predicted in (on at least
         min_pixels counted pixels) and the tiles tagged with it."""
-        row_of = {int(t): r for r, t in enumerate(self.ids)}
         k = self.own.shape[1]
         inter, union = np.zeros(k), np.zeros(k)
         for sel, pred in predict_tiles(net, store, self.ids, batch_size, device, normaliser, amp):
-            counted = store.counted(sel)
-            for t, p, c in zip(sel, pred, counted):
+            for p, c, tagged in zip(pred, store.counted(sel), self.own[self._rows(sel)]):
                 present = np.bincount(p[c], minlength=k)[:k] >= self.min_pixels
-                given = np.asarray(self.own[row_of[int(t)]]).astype(bool)
+                given = tagged.astype(bool)
                 inter += present & given
                 union += present | given
         return float(np.mean(inter[union > 0] / union[union > 0])) if (union > 0).any() else NAN
