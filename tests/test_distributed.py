@@ -48,7 +48,7 @@ def _rank_step(rank: int, port: int, out: str) -> None:
 
     import torch
 
-    from eqseg.train.distributed import World, shard, start, stop
+    from eqseg.train.distributed import World, mean, shard, start, stop
     from eqseg.train.loop import train_one_epoch
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
@@ -60,6 +60,9 @@ def _rank_step(rank: int, port: int, out: str) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(net)
         _one_step(ddp, net, x[shard(np.arange(8), world)], y[shard(np.arange(8), world)], train_one_epoch)
         torch.save(net.state_dict(), f"{out}/rank{rank}.pt")
+        # the epoch's loss as train_one_epoch returns it (a tensor on the device), and a plain float
+        means = [mean(torch.tensor(2.0 * rank + 1), world), mean(10.0 * rank, world, torch.device("cpu"))]
+        torch.save(torch.tensor(means), f"{out}/mean{rank}.pt")
     finally:
         stop(world)
 
@@ -81,7 +84,7 @@ def _one_step(model, net, x, y, train_one_epoch) -> None:
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loader = [(x, y, torch.zeros(0))]
     loss = lambda logits, target, **_: F.cross_entropy(logits, target)  # noqa: E731 (a mean: DDP averages it)
-    train_one_epoch(model, loader, loss, optimiser, scaler, torch.device("cpu"), False, torch.Generator(), net)
+    train_one_epoch(model, loader, loss, optimiser, scaler, torch.device("cpu"), "fp32", torch.Generator(), net)
 
 
 def test_ddp_all_reduces_gradients_like_one_process_on_the_global_batch(tmp_path):
@@ -99,6 +102,8 @@ def test_ddp_all_reduces_gradients_like_one_process_on_the_global_batch(tmp_path
         port = s.getsockname()[1]
     mp.start_processes(_rank_step, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for r in (0, 1):  # ranks 0 and 1 gave 1 and 3, then 0 and 10: every rank reads the means 2 and 5
+        assert torch.load(tmp_path / f"mean{r}.pt").tolist() == [2.0, 5.0]
     net, x, y = _model_and_batch()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     _one_step(net, None, x, y, train_one_epoch)
@@ -111,3 +116,14 @@ def test_ddp_all_reduces_gradients_like_one_process_on_the_global_batch(tmp_path
     half, _, _ = _model_and_batch()
     _one_step(half, None, x[:4], y[:4], train_one_epoch)
     assert any(not torch.allclose(half.state_dict()[k], single[k], atol=1e-4) for k in single)
+
+
+def test_process_group_takes_cuda_and_cpu_tensors_on_gpus():
+    """On GPUs the group must all-reduce CUDA tensors (NCCL) and CPU ones (gloo): NCCL alone fails on a CPU tensor
+    at the end of the first epoch; on the CPU, gloo."""
+    import torch
+
+    from eqseg.train.distributed import backend
+
+    assert backend(torch.device("cuda", 1)) == "cpu:gloo,cuda:nccl"
+    assert backend(torch.device("cpu")) == "gloo"

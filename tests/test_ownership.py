@@ -106,7 +106,7 @@ def test_scores_over_test_tiles_count_each_distinct_labelled_pixel_once(spacenet
             return torch.stack([torch.zeros_like(x[:, 0]), torch.ones_like(x[:, 0])], dim=1)
 
     norm = Normaliser("train", store.meta.band_mean, store.meta.band_std)
-    cm = confusion_on(Constant(), store, ids, 8, torch.device("cpu"), norm, amp=False)
+    cm = confusion_on(Constant(), store, ids, 8, torch.device("cpu"), norm, precision="fp32")
     assert cm.sum() == distinct
     assert cm[1, 1] == np.count_nonzero(covered & (label == 1))  # building pixels of the test area, once
 

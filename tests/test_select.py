@@ -80,10 +80,10 @@ def test_own_validation_scores_only_the_points_of_the_val_tiles(setup):
     from eqseg.data.normalise import Normaliser
 
     norm = Normaliser("train", store.meta.band_mean, store.meta.band_std)
-    s = own.score(Constant(1), store, 8, torch.device("cpu"), norm, amp=False)
+    s = own.score(Constant(1), store, 8, torch.device("cpu"), norm, precision="fp32")
     # all points predicted "nucleus": IoU_nucleus = n1 / (n1 + n0), IoU_background = 0 (hand-computed)
     assert s["val_score"] == pytest.approx((n1 / (n1 + n0) + 0.0) / 2)
-    d = dense.score(Constant(1), store, 8, torch.device("cpu"), norm, amp=False)
+    d = dense.score(Constant(1), store, 8, torch.device("cpu"), norm, precision="fp32")
     truth = store.scored_masks(store.ids("val"))
     m1, m0 = int((truth == 1).sum()), int((truth == 0).sum())
     assert d["val_score"] == pytest.approx(m1 / (m1 + m0) / 2) and d["val_score"] != s["val_score"]
@@ -102,7 +102,7 @@ def test_tags_validation_is_the_mean_jaccard_of_predicted_and_given_tags(setup):
     tags[::3, 1] = 1  # every third val tile tagged nucleus
     v = Validation("own", "own", ids, tags)
     norm = Normaliser("train", store.meta.band_mean, store.meta.band_std)
-    s = v.score(Constant(1), store, 8, torch.device("cpu"), norm, amp=False)
+    s = v.score(Constant(1), store, 8, torch.device("cpu"), norm, precision="fp32")
     assert s["val_score"] == pytest.approx((0.0 + len(ids[::3]) / len(ids)) / 2)
     assert np.isnan(s["val_miou"])
 

@@ -430,7 +430,9 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="train, evaluate, predict and distill: auto (bf16 where the CPU or GPU computes it natively, "
+        "else fp32), fp32, bf16, fp16 (CUDA only); the equivariance error is always measured in fp32")
     num_workers: int = Field(1, ge=0)
     threads: int = Field(0, ge=0, description="torch CPU threads of one training (the cores Snakemake reserves for it); 0 = all cores minus loader workers")
     nproc: int = Field(1, ge=1, description="data-parallel processes (one per GPU) launched by torchrun; 1: plain")

@@ -10,9 +10,9 @@ import torch
 
 from eqseg.data import normalise as norm
 from eqseg.data.normalise import Normaliser
-from eqseg.metrics import confusion
+from eqseg.labels import IGNORE
 from eqseg.models.checkpoint import ModelInfo
-from eqseg.runtime import autocast
+from eqseg.runtime import autocast, memory_format, to_device
 from eqseg.tiling.store import TileStore
 
 
@@ -23,6 +23,7 @@ class ClassicalNet(torch.nn.Module):
     normalisation before them does not change."""
 
     tile_multiple = 1
+    prefers_contiguous = True
 
     def __init__(self, state: dict, num_classes: int):
         super().__init__()
@@ -109,50 +110,54 @@ def normalised_tiles(store: TileStore, ids: np.ndarray, normaliser: Normaliser) 
 @torch.no_grad()
 def tile_logits(
     model: torch.nn.Module, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device,
-    normaliser: Normaliser, amp: bool = True, tta: bool = False,
+    normaliser: Normaliser, precision: str = "fp32", tta: bool = False,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield (sorted tile ids, float32 logits on the CPU) batch by batch; with `tta`, the log of the softmax
-    averaged over the 8 D4 transforms (each mapped back), the test-time augmentation control."""
+    """Yield (sorted tile ids, float32 logits on `device`) batch by batch, computed at the resolved `precision`
+    (eqseg.runtime); with `tta`, the log of the softmax averaged over the 8 D4 transforms (each mapped back), the
+    test-time augmentation control."""
     from eqseg.models.groups import D4
 
     model.eval()
+    layout = memory_format(model)
     ids = np.sort(np.asarray(ids))
     for start in range(0, len(ids), batch_size):
         sel = ids[start : start + batch_size]
-        x = torch.from_numpy(normalised_tiles(store, sel, normaliser)).to(device)
+        x = to_device(torch.from_numpy(normalised_tiles(store, sel, normaliser)), device, layout)
         if not tta:
-            with autocast(device, amp):
+            with autocast(device, precision):
                 logits = model(x)
-            yield sel, logits.float().cpu()
+            yield sel, logits.float()
             continue
         total = 0
         for g in range(D4.order):
-            with autocast(device, amp):
-                logits = model(D4.transform(x, g))
+            with autocast(device, precision):
+                logits = model(D4.transform(x, g).contiguous(memory_format=layout))
             total = total + D4.untransform(torch.softmax(logits.float(), dim=1), g)
-        yield sel, torch.log(total / D4.order + 1e-12).cpu()
+        yield sel, torch.log(total / D4.order + 1e-12)
 
 
 def predict_tiles(
     model: torch.nn.Module, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device,
-    normaliser: Normaliser, amp: bool = True,
+    normaliser: Normaliser, precision: str = "fp32",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (sorted tile ids, predicted class maps) batch by batch."""
-    for sel, logits in tile_logits(model, store, ids, batch_size, device, normaliser, amp):
-        yield sel, logits.argmax(1).numpy().astype(np.uint8)
+    for sel, logits in tile_logits(model, store, ids, batch_size, device, normaliser, precision):
+        yield sel, logits.argmax(1).cpu().numpy().astype(np.uint8)
 
 
 def confusion_on(model, store: TileStore, ids: np.ndarray, batch_size: int, device: torch.device, normaliser: Normaliser,
-                 amp: bool = True, ranking=None, tta: bool = False, truth=None) -> np.ndarray:
+                 precision: str = "fp32", ranking=None, tta: bool = False, truth=None) -> np.ndarray:
     """Confusion matrix over the tiles `ids`, each labelled pixel once (TileStore.scored_masks: valid, owned,
     labelled); with `ranking` (a metrics.ranking.HistogramAP), also feed it the softmax probabilities for
     threshold-free average precision. `truth(sel)` gives other labels of the sorted tiles `sel` (e.g. a weak
-    cell's own validation labels), 255 where not scored."""
+    cell's own validation labels), 255 where not scored. The matrix is summed on the device and read back once."""
     n = store.meta.num_classes
-    cm = np.zeros((n, n), dtype=np.int64)
-    for sel, logits in tile_logits(model, store, ids, batch_size, device, normaliser, amp, tta):
+    cm = torch.zeros(n * n + 1, dtype=torch.int64, device=device)  # the last bin takes the unscored pixels
+    for sel, logits in tile_logits(model, store, ids, batch_size, device, normaliser, precision, tta):
         masks = store.scored_masks(sel) if truth is None else truth(sel)
-        cm += confusion(logits.argmax(1).numpy().astype(np.uint8), masks, n)
+        target = torch.from_numpy(np.ascontiguousarray(masks)).to(device, non_blocking=True).long()
+        cell = torch.where(target == IGNORE, n * n, target * n + logits.argmax(1))
+        cm += torch.bincount(cell.ravel(), minlength=n * n + 1)
         if ranking is not None:
-            ranking.update(torch.softmax(logits, dim=1).numpy(), masks)
-    return cm
+            ranking.update(torch.softmax(logits, dim=1).cpu().numpy(), masks)
+    return cm[: n * n].view(n, n).cpu().numpy()

@@ -20,7 +20,7 @@ rule evaluate:
     output:
         [eval_file(name) for name in paths.EVAL_FILES],
     params:
-        cfg=lambda w: section(P.evaluate, P.normalise),
+        cfg=lambda w: section(P.evaluate, P.normalise, P.train.precision),
         out=paths.EVAL,
     priority: PRIORITY["score"]
     log:

@@ -6,7 +6,7 @@ rule predict:
     output:
         directory(paths.PREDICT),
     params:
-        cfg=lambda w: section(P.predict, P.normalise),
+        cfg=lambda w: section(P.predict, P.normalise, P.train.precision),
     priority: PRIORITY["score"]
     log:
         "results/logs/predict/" + paths.CELL + "/{testset}.log",

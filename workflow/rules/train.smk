@@ -41,7 +41,7 @@ rule distill:
     output:
         directory(paths.PSEUDO),
     params:
-        cfg=lambda w: section(P.distill, P.train.max_train_tiles, P.normalise),
+        cfg=lambda w: section(P.distill, P.train.max_train_tiles, P.train.precision, P.normalise),
     priority: PRIORITY["train"]
     log:
         "results/logs/distill/" + paths.CELL + ".log",

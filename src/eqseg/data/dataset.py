@@ -52,7 +52,10 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int | tuple[int, int]):
+        """Item i of the current epoch (set_epoch), or of `epoch` for i = (epoch, position): what the training
+        loader's sampler passes, so workers that persist across epochs need no message."""
+        epoch, i = i if isinstance(i, tuple) else (self.epoch, i)
         tile = int(self.ids[i])
         image = self.normaliser(self.images[tile][None], None if self.sources is None else self.sources[tile])[0]
         label = np.asarray(self.labels[self.rows[i]])
@@ -61,6 +64,6 @@ class TileDataset(Dataset):
         else:
             mask, tags = label, torch.zeros(0)
         if self.augment == "d4":
-            g = int(np.random.default_rng((self.seed, self.epoch, tile)).integers(D4.order))
+            g = int(np.random.default_rng((self.seed, epoch, tile)).integers(D4.order))
             image, mask = D4.transform_numpy(image, g), D4.transform_numpy(mask, g)
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(mask.astype(np.int64)), tags

@@ -24,7 +24,7 @@ from eqseg.distill.pseudo import fill_confident
 from eqseg.errors import EqsegError
 from eqseg.inference import load_trained, normaliser_for, tile_logits
 from eqseg.labels import IGNORE
-from eqseg.runtime import resolve_device
+from eqseg.runtime import resolve_device, resolve_precision
 from eqseg.tiling.store import TileStore
 from eqseg.utils.atomic import atomic_dir, check_outputs_apart, check_replaceable, write_json
 from eqseg.weak.quality import label_counts, summarise
@@ -72,9 +72,9 @@ def make_pseudo_stage(params: Params, model_dir: Path, tiles: Path, labels_dir: 
     counts = {k: np.zeros(3, np.int64) for k in ("given", "pseudo", "union")}
     open_pixels = 0
     position = {int(t): i for i, t in enumerate(ids)}
-    amp = device.type == "cuda"
-    for batch, logits in tile_logits(model, store, ids, cfg.batch_size, device, normaliser, amp=amp, tta=cfg.tta):
-        probs = torch.softmax(logits.float(), dim=1).numpy()
+    precision = resolve_precision(params.train.precision, device)
+    for batch, logits in tile_logits(model, store, ids, cfg.batch_size, device, normaliser, precision, tta=cfg.tta):
+        probs = torch.softmax(logits, dim=1).cpu().numpy()
         masks, valids = store.scored_masks(batch), np.asarray(store.valid[batch])
         for t, p, mask, valid in zip(batch, probs, masks, valids):
             t = int(t)

@@ -17,7 +17,7 @@ from eqseg.metrics import IGNORE, scores
 from eqseg.metrics.ranking import HistogramAP, dice_scores
 from eqseg.inference import load_trained
 from eqseg.models.groups import D4, equivariance_errors as group_errors
-from eqseg.runtime import resolve_device
+from eqseg.runtime import resolve_device, resolve_precision
 from eqseg.tiling.meta import StoreMeta
 from eqseg.tiling.store import TileStore
 from eqseg.utils.atomic import atomic_dir, check_replaceable, write_json
@@ -27,6 +27,7 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     check_replaceable(out)
     cfg = params.evaluate
     device = resolve_device(cfg.device)
+    precision = resolve_precision(params.train.precision, device)
     store = TileStore(tiles)
     model, info = load_trained(model_dir, device)
     info.check_inputs(store.meta.bands, store.meta.classes, str(tiles))
@@ -37,23 +38,23 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     if params.normalise.adabn:
         adapt_to_store(model, store, test_ids, normaliser, cfg.batch_size, device)
     ranking = HistogramAP(store.meta.num_classes)
-    cm = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, ranking=ranking)
+    cm = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, precision, ranking=ranking)
     preview = preview_ids(store, test_ids, cfg.n_preview)
     x = torch.from_numpy(normalised_tiles(store, preview, normaliser)).to(device)
     classes = store.meta.classes
     metrics = (scores(cm, classes) | dice_scores(cm, classes) | ranking.compute(classes)
                | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode, "adabn": params.normalise.adabn,
-                  "select": info.select}
+                  "select": info.select, "precision": precision, "trained_precision": info.precision}
                | equivariance_errors(model, x))
     if cfg.tta:  # the D4 test-time augmentation control, for every model
-        cm_tta = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, tta=True)
+        cm_tta = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, precision, tta=True)
         metrics |= {f"tta_{k}": v for k, v in scores(cm_tta, classes).items()}
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "inputs.json", {"normalise": normaliser.record, "model": info.model_dump(exclude={"band_mean", "band_std"})})
         np.savetxt(tmp / "confusion.csv", cm, fmt="%d", delimiter=",", header=",".join(store.meta.classes))
         plot_confusion(tmp / "confusion.png", cm, store.meta.classes)
-        preds = np.concatenate([p for _, p in predict_tiles(model, store, preview, cfg.batch_size, device, normaliser)])
+        preds = np.concatenate([p for _, p in predict_tiles(model, store, preview, cfg.batch_size, device, normaliser, precision)])
         plot_predictions(tmp / "predictions.png", store, preview, preds)
     run_file = model_dir / "run.json"
     if run_file.is_file():  # add the test scores to the training's run, without reopening it

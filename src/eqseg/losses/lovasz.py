@@ -9,9 +9,8 @@ suits imbalanced classes (thin buildings, sparse nuclei).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from eqseg.losses.pixel import IGNORE, as_float, zero
+from eqseg.losses.pixel import IGNORE, as_float, one_hot
 from eqseg.utils.options import require_choice
 
 
@@ -25,15 +24,20 @@ def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
 
 
 def _lovasz_flat(probs: torch.Tensor, target: torch.Tensor, classes: str) -> torch.Tensor:
-    """Mean over classes of the Lovász extension, for probs (P, K) and target (P,) of labelled pixels."""
-    if target.numel() == 0:
-        return zero(probs)
-    fg = F.one_hot(target.long(), probs.shape[1]).to(probs.dtype)
-    errors, order = torch.sort((fg - probs).abs(), dim=0, descending=True)
+    """Mean over classes of the Lovász extension, for probs (P, K) and target (P,) with 255 = no label.
+
+    Unlabelled pixels are kept in place with error 0 and no foreground: sorted last (or among other zero errors),
+    they add 0 and change no other pixel's weight (the weights are prefix sums over the sorted pixels), so the
+    value is that over labelled pixels alone, without a boolean selection (a host synchronisation on a GPU)."""
+    labelled = target != IGNORE
+    fg = one_hot(target, probs.shape[1], probs.dtype)
+    errors = torch.where(labelled.unsqueeze(1), (fg - probs).abs(), 0.0)
+    errors, order = torch.sort(errors, dim=0, descending=True)
     per_class = (errors * lovasz_grad(fg.gather(0, order))).sum(dim=0)
-    if classes == "present":
-        per_class = per_class[fg.sum(dim=0) > 0]
-    return per_class.mean()
+    if classes == "all":
+        return per_class.mean()
+    present = (fg.sum(dim=0) > 0).to(per_class.dtype)
+    return (per_class * present).sum() / present.sum().clamp_min(1)
 
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, classes: str = "present", per_image: bool = False) -> torch.Tensor:
@@ -47,7 +51,6 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, classes: str = "p
     k = probs.shape[1]
     flat_probs = probs.movedim(1, -1).reshape(probs.shape[0], -1, k)
     flat_target = target.reshape(target.shape[0], -1)
-    keep = flat_target != IGNORE
     if per_image:
-        return torch.stack([_lovasz_flat(p[m], t[m], classes) for p, t, m in zip(flat_probs, flat_target, keep)]).mean()
-    return _lovasz_flat(flat_probs[keep], flat_target[keep], classes)
+        return torch.stack([_lovasz_flat(p, t, classes) for p, t in zip(flat_probs, flat_target)]).mean()
+    return _lovasz_flat(flat_probs.reshape(-1, k), flat_target.reshape(-1), classes)

@@ -15,16 +15,19 @@ def as_float(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
-def zero(logits: torch.Tensor) -> torch.Tensor:
-    """A zero that keeps the graph, for batches with nothing to learn from (no NaN from an empty mean)."""
-    return logits.sum() * 0.0
+def one_hot(target: torch.Tensor, k: int, dtype: torch.dtype, dim: int = -1) -> torch.Tensor:
+    """One-hot of class ids along `dim` (a new axis), all zero where unlabelled (255). A comparison with the class
+    range, not `F.one_hot`, which reads the ids' maximum back to the host (a synchronisation on a GPU)."""
+    classes = torch.arange(k, device=target.device).view([k if d == (dim % (target.dim() + 1)) else 1
+                                                          for d in range(target.dim() + 1)])
+    return (target.unsqueeze(dim) == classes).to(dtype)
 
 
 def partial_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy averaged over labelled pixels only (the 'partial CE' of points/scribbles training)."""
-    if not (target != IGNORE).any():
-        return zero(logits)
-    return F.cross_entropy(as_float(logits), target.long(), ignore_index=IGNORE)
+    """Cross-entropy averaged over labelled pixels only (the 'partial CE' of points/scribbles training); 0 for a
+    batch with none. A sum over a clamped count, not a branch on `.any()`: no host synchronisation on a GPU."""
+    labelled = (target != IGNORE).sum().clamp_min(1)
+    return F.cross_entropy(as_float(logits), target.long(), ignore_index=IGNORE, reduction="sum") / labelled
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, classes: str = "present", smooth: float = 1.0) -> torch.Tensor:
@@ -36,14 +39,13 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, classes: str = "presen
     classes = require_choice("loss.dice", "classes", classes, ("present", "all"))
     smooth = require_float("loss.dice", "smooth", smooth, 0.0)
     valid = target != IGNORE
-    if not valid.any():
-        return zero(logits)
     k = logits.shape[1]
     probs = torch.softmax(as_float(logits), dim=1) * valid.unsqueeze(1)
-    onehot = F.one_hot(torch.where(valid, target.long(), 0), k).movedim(-1, 1) * valid.unsqueeze(1)
+    onehot = one_hot(target, k, probs.dtype, dim=1)
     dims = (0, 2, 3)
     intersection = (probs * onehot).sum(dims)
     denominator = probs.sum(dims) + onehot.sum(dims)
     dice = (2 * intersection + smooth) / (denominator + smooth).clamp_min(torch.finfo(probs.dtype).tiny)
-    selected = onehot.sum(dims) > 0 if classes == "present" else torch.ones(k, dtype=torch.bool, device=logits.device)
-    return 1.0 - dice[selected].mean()
+    weight = (onehot.sum(dims) > 0 if classes == "present" else torch.ones_like(dice, dtype=torch.bool)).to(dice.dtype)
+    weight = weight * valid.any()  # a batch with nothing labelled: 0 (weights, not `.any()` or a mask: no sync)
+    return ((1.0 - dice) * weight).sum() / weight.sum().clamp_min(1)

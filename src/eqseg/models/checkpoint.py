@@ -34,6 +34,7 @@ class ModelInfo(BaseModel):
     seed: int | None = None
     select: str | None = Field(None, description="how the kept epoch was chosen (train.select: own, dense, last)")
     selected_by: str | None = None
+    precision: str | None = Field(None, description="the precision it was trained in (fp32, bf16, fp16; train.precision resolved)")
 
     def check_inputs(self, bands: int, classes: list[str] | None, where: str) -> None:
         """One line, before any work, when data do not fit the model: band count, or class names (scores against

@@ -26,6 +26,7 @@ from eqseg.errors import EqsegError
 from eqseg.models import register
 from eqseg.models.gconv import (
     GModule, GMaxPool2d, GSequential, GUpsample, GroupConv, GroupMaxPool, GroupMeanMaxPool, InvariantConv1x1, double_conv,
+    InvariantHead,
 )
 from eqseg.models.groups import Group, P4, P4M
 from eqseg.models.unet import UNet, check_tile_size
@@ -60,7 +61,7 @@ class GUNet(GModule):
         self.ups = nn.ModuleList(GUpsample(group, f[i + 1]) for i in reversed(range(depth)))
         self.up = nn.ModuleList(double_conv(group, f[i + 1] + f[i], f[i]) for i in reversed(range(depth)))
         pooling = GroupMaxPool(group, h) if pool == "max" else GroupMeanMaxPool(group, h)
-        self.head = GSequential(
+        self.head = InvariantHead(  # a GSequential computed as matmuls, without its largest tensor
             GroupConv(group, f[0], h, kernel_size=1), pooling,
             InvariantConv1x1(group, pooling.raw_out_channels(), num_classes),
         )

@@ -19,6 +19,7 @@ from eqseg.models.unet import check_tile_size
 
 
 class SteerableUNet(nn.Module):
+    prefers_contiguous = True  # escnn GeometricTensors: keep its layout
     def __init__(self, gspace, in_channels: int, num_classes: int, depth: int = 3, width: int = 16):
         super().__init__()
         from escnn import nn as enn

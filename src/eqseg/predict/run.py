@@ -37,7 +37,7 @@ from eqseg.tiling.sources import GDAL_CACHE_BYTES
 from eqseg.data.normalise import Normaliser
 from eqseg.models.checkpoint import ModelInfo
 from eqseg.models.groups import D4
-from eqseg.runtime import autocast
+from eqseg.runtime import autocast, memory_format, to_device
 from eqseg.utils.atomic import atomic_file, check_file_replaceable, check_outputs_apart, check_replaceable, write_json
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,17 @@ class Timing:
 
 
 @torch.no_grad()
-def window_probabilities(model, x: np.ndarray, tta: bool, device: torch.device, timing: Timing) -> np.ndarray:
+def window_probabilities(model, x: np.ndarray, tta: bool, device: torch.device, timing: Timing,
+                         precision: str = "fp32") -> np.ndarray:
     """Softmax probabilities (B, K, S, S) of normalised windows, averaged over the D4 group with tta."""
-    xs = torch.from_numpy(x).to(device)
+    layout = memory_format(model)
+    xs = to_device(torch.from_numpy(x), device, layout)
     total = None
     group = range(D4.order) if tta else (0,)
     for g in group:
         t0 = time.perf_counter()
-        with autocast(device, True):
-            logits = model(D4.transform(xs, g))
+        with autocast(device, precision):
+            logits = model(D4.transform(xs, g).contiguous(memory_format=layout))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timing.forward += time.perf_counter() - t0
@@ -103,7 +105,7 @@ def _region(shapes, tree, transform: Affine, top: int, n: int, width: int) -> np
 def predict_source(
     model, info: ModelInfo, source, cfg: PredictConfig, device: torch.device, out: Path, proba_out: Path | None = None,
     test_footprints: list | None = None, labelled: bool = True, normaliser: Normaliser | None = None,
-    adabn_used: bool = False,
+    adabn_used: bool = False, precision: str = "fp32",
 ) -> dict:
     """Predict one source into `out` (class map, 255 = nodata) and optionally `proba_out`; return its metrics
     (scene scores only when the source has labels). Windows are normalised by `normaliser` (default: the model's
@@ -153,7 +155,7 @@ def predict_source(
                 probs = None
                 if active:
                     x = normaliser(np.stack([reads[k].image for k in active]), source.name)
-                    probs = dict(zip(active, window_probabilities(model, x, cfg.tta, device, timing)))
+                    probs = dict(zip(active, window_probabilities(model, x, cfg.tta, device, timing, precision)))
                 for k, (c, rd) in enumerate(zip(chunk, reads)):
                     band.add(c, probs.get(k) if probs else None, rd.mask, rd.valid)
                 progress.update(len(chunk))
@@ -184,7 +186,7 @@ def predict_source(
             add_overviews(tmp_p, Resampling.average)
         write_class_styles(out, classes, class_colours(len(classes)))  # beside `out`, before it is renamed into place
     metrics = dict(source=source.name, height=H, width=W, window=S, overlap=cfg.overlap, tta=cfg.tta, timing=timing.report(),
-                   normalise=normaliser.mode, adabn=adabn_used)
+                   normalise=normaliser.mode, adabn=adabn_used, precision=precision)
     if labelled:
         metrics["scene"] = (scores(cm_all, classes) | dice_scores(cm_all, classes) | ranking.compute(classes)
                             | {"confusion": cm_all.tolist()})
@@ -262,11 +264,12 @@ def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = No
             raster: Path | None = None, tiles: Path | None = None, metrics_out: Path | None = None) -> dict:
     """Load the model, open the source (a dataset's, with labels, or any GeoTIFF without), predict, write metrics."""
     from eqseg.inference import load_trained
-    from eqseg.runtime import resolve_device, set_threads
+    from eqseg.runtime import resolve_device, resolve_precision, set_threads
     from eqseg.tiling.sources import GeoSource
 
     cfg = params.predict
     device = resolve_device(cfg.device)
+    precision = resolve_precision(params.train.precision, device)
     set_threads(cfg.threads, 0)
     if raster is not None:
         src = GeoSource(raster, [])
@@ -287,10 +290,11 @@ def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = No
         if params.normalise.adabn:
             adabn(model, info, normaliser, tiles, params.evaluate.batch_size, device)
         metrics = predict_source(model, info, src, cfg, device, out, proba, footprints, labelled=raster is None,
-                                 normaliser=normaliser, adabn_used=params.normalise.adabn)
+                                 normaliser=normaliser, adabn_used=params.normalise.adabn, precision=precision)
     finally:
         src.close()
-    metrics |= dict(model=info.model, dataset=info.dataset, supervision=info.supervision, seed=info.seed)
+    metrics |= dict(model=info.model, dataset=info.dataset, supervision=info.supervision, seed=info.seed,
+                    precision=precision)
     write_json(metrics_out or out.with_suffix(".json"), metrics)
     return metrics
 

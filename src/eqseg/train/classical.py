@@ -54,13 +54,14 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     info = ModelInfo(model=model_name, options=options, in_channels=meta.bands, num_classes=meta.num_classes,
                      classes=meta.classes, band_mean=meta.band_mean, band_std=meta.band_std,
                      normalise=params.normalise.mode, tile_size=meta.tile_size, dataset=dataset,
-                     supervision=sup.name, seed=seed, select=validation.select, selected_by="the one fit")
+                     supervision=sup.name, seed=seed, select=validation.select, selected_by="the one fit",
+                     precision="fp32")
     val_ids = validation.ids
     device = resolve_device("cpu")
     normaliser = norm.for_store(params.normalise.mode, (meta.band_mean, meta.band_std), store,
                                 sorted(set(store.index.loc[store.index.tile_id.isin(val_ids), "source"])) if params.normalise.mode == "image" else None)
     val = validation.score(ClassicalNet(state, meta.num_classes), store, params.evaluate.batch_size, device, normaliser,
-                           amp=False)
+                           precision="fp32")
     seconds = time.perf_counter() - t0
     history = [dict(epoch=1, train_loss=float("nan"), **val, seconds=seconds)]
     summary = dict(best_epoch=1, best_val_miou=history[0]["val_miou"], best_val_score=val["val_score"], final_train_loss=float("nan"), n_params=0,

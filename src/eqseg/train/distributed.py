@@ -65,16 +65,23 @@ def shard(order: np.ndarray, world: World) -> np.ndarray:
     return order[world.rank * per_rank : (world.rank + 1) * per_rank]
 
 
+def backend(device: torch.device) -> str:
+    """NCCL for CUDA tensors and gloo for CPU ones in one group on GPUs (a CPU tensor all-reduced over NCCL alone
+    fails), gloo on the CPU."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 def start(world: World, device: torch.device) -> None:
     if world.size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend(device))
 
 
-def mean(value: float, world: World) -> float:
-    """The mean of a per-rank number over all ranks."""
+def mean(value: float | torch.Tensor, world: World, device: torch.device | None = None) -> float:
+    """The mean of a per-rank number over all ranks, all-reduced on the training device (`value`'s own, for a
+    tensor); read back once, as a float."""
     if world.size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
+        return float(value)
+    t = torch.as_tensor(value, dtype=torch.float64, device=value.device if torch.is_tensor(value) else device).reshape(1)
     dist.all_reduce(t)
     return float(t) / world.size
 

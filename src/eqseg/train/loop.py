@@ -30,7 +30,7 @@ from eqseg.models import build, count_macs, count_parameters
 from eqseg.models.checkpoint import ModelInfo, save_model
 from eqseg.tiling.store import TileStore
 from eqseg.train import distributed as ddp
-from eqseg.runtime import autocast, resolve_device, seed_everything, set_threads
+from eqseg.runtime import autocast, memory_format, resolve_device, resolve_precision, seed_everything, set_threads, to_device
 from eqseg.utils.atomic import atomic_dir, atomic_file, check_replaceable
 
 log = logging.getLogger(__name__)
@@ -40,35 +40,51 @@ def checkpoint_path(out: Path) -> Path:
     return out.parent / f".{out.name}.ckpt.pt"
 
 
-def make_loader(
-    ds: TileDataset, batch_size: int, epoch: int, seed: int, num_workers: int, pin: bool, tiles_per_epoch: int | None = None,
-    world: ddp.World = ddp.World(),
-) -> DataLoader:
-    """Shuffled batches for one epoch, seeded by (seed, epoch); `tiles_per_epoch` cycles small train sets. Under
-    torchrun each rank takes its share of the same order."""
-    ds.set_epoch(epoch)
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = ddp.shard(np.fromiter(RandomSampler(ds, num_samples=tiles_per_epoch or len(ds), generator=g), np.int64), world)
-    return DataLoader(
-        ds, batch_size=batch_size, sampler=order.tolist(), num_workers=num_workers,
-        drop_last=len(order) > batch_size, pin_memory=pin,
-    )
+class EpochOrder(torch.utils.data.Sampler):
+    """The shuffled tiles of the current epoch, seeded by (seed, epoch); `tiles_per_epoch` cycles small train sets.
+    Under torchrun each rank takes its share of the same order. It yields (epoch, position) pairs, so loader
+    workers that live across epochs (persistent) augment for the right epoch without being told."""
+
+    def __init__(self, ds: TileDataset, seed: int, tiles_per_epoch: int | None, world: ddp.World):
+        self.ds, self.seed, self.count, self.world, self.epoch = ds, seed, tiles_per_epoch or len(ds), world, 0
+
+    def order(self) -> np.ndarray:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return ddp.shard(np.fromiter(RandomSampler(self.ds, num_samples=self.count, generator=g), np.int64), self.world)
+
+    def __len__(self) -> int:
+        return self.count // self.world.size
+
+    def __iter__(self):
+        return iter([(self.epoch, int(i)) for i in self.order()])
 
 
-def train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp: bool, generator: torch.Generator, net=None) -> float:
-    """One pass; `model` may be the DDP wrapper of `net`, whose own forward serves losses that call the model again."""
+def make_loader(ds: TileDataset, batch_size: int, seed: int, num_workers: int, pin: bool,
+                tiles_per_epoch: int | None = None, world: ddp.World = ddp.World()) -> DataLoader:
+    """One loader for the whole training (its workers persist); `loader.sampler.epoch` picks the epoch."""
+    order = EpochOrder(ds, seed, tiles_per_epoch, world)
+    return DataLoader(ds, batch_size=batch_size, sampler=order, num_workers=num_workers, drop_last=len(order) > batch_size,
+                      pin_memory=pin, persistent_workers=num_workers > 0)
+
+
+def train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, precision: str, generator: torch.Generator,
+                    net=None) -> torch.Tensor:
+    """One pass; `model` may be the DDP wrapper of `net`, whose own forward serves losses that call the model again.
+    Returns the mean loss as a tensor on the device: nothing in the step waits for the device (the loss is summed
+    there and read once per epoch), so a GPU is never stalled by the host."""
     model.train()
-    total, batches = 0.0, 0
+    layout = memory_format(net or model)
+    total, batches = torch.zeros((), device=device), 0
     for x, y, tags in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        tags = tags.to(device) if tags.numel() else None
-        with autocast(device, amp):
+        x, y = to_device(x, device, layout), y.to(device, non_blocking=True)
+        tags = tags.to(device, non_blocking=True) if tags.numel() else None
+        with autocast(device, precision):
             loss = loss_fn(model(x), y, tags=tags, model=net or model, x=x, generator=generator)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
         scaler.update()
-        total += float(loss.detach())
+        total += loss.detach().float()
         batches += 1
     return total / max(batches, 1)
 
@@ -151,23 +167,24 @@ class MlflowObserver(Observer):
         tracking.end_run("KILLED")
 
 
-def run_epochs(model, net, ds, store, validation: Validation, loss_fn, optimiser, scheduler, scaler, device, amp, cfg,
+def run_epochs(model, net, ds, store, validation: Validation, loss_fn, optimiser, scheduler, scaler, device, precision, cfg,
                seed, state: dict, ckpt: Checkpoint, observer: Observer, world: ddp.World, val_normaliser, batch_size: int) -> None:
     """Train from state['epoch'] to cfg.epochs; rank 0 validates, keeps the selected epoch's weights (train.select,
     eqseg.train.validate) and checkpoints each epoch. A progress bar over epochs shows in a terminal (rank 0), none
     in logs."""
     from tqdm import tqdm
 
+    loader = make_loader(ds, cfg.batch_size, seed, cfg.num_workers, device.type == "cuda", cfg.tiles_per_epoch, world)
     for epoch in tqdm(range(state["epoch"], cfg.epochs), desc="train", unit="epoch", initial=state["epoch"],
                       total=cfg.epochs, disable=None if world.main else True, leave=False):
         t0 = time.perf_counter()
-        loader = make_loader(ds, cfg.batch_size, epoch, seed, cfg.num_workers, device.type == "cuda", cfg.tiles_per_epoch, world)
+        loader.sampler.epoch = epoch
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)  # CPU: draws which D4 element to test
-        loss = ddp.mean(train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, amp, gen, net), world)
+        loss = ddp.mean(train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, precision, gen, net), world)
         scheduler.step()
         if not world.main:
             continue
-        val = validation.score(net, store, batch_size, device, val_normaliser, amp)
+        val = validation.score(net, store, batch_size, device, val_normaliser, precision)
         row = dict(epoch=epoch + 1, train_loss=loss, **val, seconds=time.perf_counter() - t0)
         state["history"].append(row)
         observer.epoch(row)
@@ -211,18 +228,20 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
-    amp = cfg.amp and device.type == "cuda"
+    precision = resolve_precision(cfg.precision, device)
     set_threads(cfg.threads, cfg.num_workers, world.size)
     seed_everything(seed)
 
-    net = build(model_name, meta.bands, meta.num_classes, **options).to(device)
+    net = build(model_name, meta.bands, meta.num_classes, **options)
+    net = net.to(device, memory_format=memory_format(net))
     if meta.tile_size % getattr(net, "tile_multiple", 1):
         raise EqsegError(f"tile size {meta.tile_size} of {tiles} is not a multiple of {net.tile_multiple} for model {model_name}")
     ddp.start(world, device)
     model = net if world.size == 1 else torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused on CUDA: one kernel for all parameters, its step counters on the GPU (no host read per step)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # bf16 has fp32's range: no scaling
 
     augment, loss_spec = variant_setup(params, variant, params.loss_spec(sup))
     labels, label_ids, quality = load_labels(labels_dir)
@@ -250,11 +269,12 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         model_options=options, loss=loss_spec, augment=augment,
         weak=params.weak.model_dump() if not sup.is_full else None, normalise=mode, stain=params.normalise.stain,
         train=cfg.model_dump(), tile=dict(size=meta.tile_size, overlap=meta.overlap), n_train_tiles=len(train_ids),
-        n_val_tiles=len(val_ids), tiles=str(tiles), **validation.record,
+        n_val_tiles=len(val_ids), tiles=str(tiles), precision=precision, **validation.record,
     )
     if sup.distill:  # (only then, so checkpoints of other cells keep their hash)
         run_config["distill"] = params.distill.model_dump(exclude={"device", "batch_size"})
-    hashed = {k: v for k, v in run_config.items() if k not in ("tiles", "normalise", "stain", "variant", "budget", "augment")}
+    hashed = {k: v for k, v in run_config.items()
+              if k not in ("tiles", "normalise", "stain", "variant", "budget", "augment", "precision")}
     hashed |= {"stats": meta.band_mean, "augment": augment, "budget": budget}
     if mode != "train" or stain is not None:  # (absent for the default, so checkpoints of earlier versions still resume)
         hashed["normalise"] = [mode, params.normalise.stain]
@@ -271,7 +291,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     observer.start(state, run_config, {"n_params": n_params, "macs_per_tile": macs, "device": str(device), "processes": world.size},
                    ckpt.config_hash)
     try:
-        run_epochs(model, net, ds, store, validation, loss_fn, optimiser, scheduler, scaler, device, amp, cfg, seed, state,
+        run_epochs(model, net, ds, store, validation, loss_fn, optimiser, scheduler, scaler, device, precision, cfg, seed, state,
                    ckpt, observer, world, val_normaliser, params.evaluate.batch_size)
     except BaseException:
         observer.fail()
@@ -286,10 +306,11 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     info = ModelInfo(model=model_name, options=options, in_channels=meta.bands, num_classes=meta.num_classes,
                      classes=meta.classes, band_mean=list(train_stats[0]), band_std=list(train_stats[1]), normalise=mode,
                      stain=stain.record if stain is not None else None,
-                     tile_size=meta.tile_size, dataset=dataset, supervision=sup.name, seed=seed, **validation.record)
+                     tile_size=meta.tile_size, dataset=dataset, supervision=sup.name, seed=seed, precision=precision,
+                     **validation.record)
     best = selected_epoch(state["history"], validation)
     summary = dict(best_epoch=best["epoch"], best_val_miou=best["val_miou"], best_val_score=best["val_score"],
-                   **validation.record, final_train_loss=state["history"][-1]["train_loss"],
+                   **validation.record, precision=precision, final_train_loss=state["history"][-1]["train_loss"],
                    n_params=n_params, macs_per_tile=macs, train_seconds=sum(r["seconds"] for r in state["history"]))
     with atomic_dir(out) as tmp:
         save_model(tmp / "model.pt", net, info)

@@ -50,30 +50,30 @@ class Validation:
             how += " (no validation tiles)"
         return {"select": self.select, "selected_by": how}
 
-    def score(self, net, store: TileStore, batch_size: int, device, normaliser, amp: bool) -> dict:
+    def score(self, net, store: TileStore, batch_size: int, device, normaliser, precision: str) -> dict:
         """{val_score, val_miou, val_fwiou} of the current weights; NaN where not defined (no validation, or
         tags: val_score is then the mean over classes of the Jaccard index of predicted vs given tags)."""
         empty = {"val_score": NAN, "val_miou": NAN, "val_fwiou": NAN}
         if self.labels == "none":
             return empty
         if self.own is not None and self.own.ndim == 2:
-            return empty | {"val_score": self._tag_score(net, store, batch_size, device, normaliser, amp)}
+            return empty | {"val_score": self._tag_score(net, store, batch_size, device, normaliser, precision)}
         truth = None
         if self.own is not None:
 
             def truth(sel):
                 return np.where(store.counted(sel), self.own[self._rows(sel)], np.uint8(IGNORE))
 
-        cm = confusion_on(net, store, self.ids, batch_size, device, normaliser, amp, truth=truth)
+        cm = confusion_on(net, store, self.ids, batch_size, device, normaliser, precision, truth=truth)
         s = scores(cm, store.meta.classes)
         return {"val_score": s["miou_macro"], "val_miou": s["miou_macro"], "val_fwiou": s["fwiou"]}
 
-    def _tag_score(self, net, store, batch_size, device, normaliser, amp) -> float:
+    def _tag_score(self, net, store, batch_size, device, normaliser, precision) -> float:
         """Mean over classes of the Jaccard index between the tiles a class is predicted in (on at least
         min_pixels counted pixels) and the tiles tagged with it."""
         k = self.own.shape[1]
         inter, union = np.zeros(k), np.zeros(k)
-        for sel, pred in predict_tiles(net, store, self.ids, batch_size, device, normaliser, amp):
+        for sel, pred in predict_tiles(net, store, self.ids, batch_size, device, normaliser, precision):
             for p, c, tagged in zip(pred, store.counted(sel), self.own[self._rows(sel)]):
                 present = np.bincount(p[c], minlength=k)[:k] >= self.min_pixels
                 given = tagged.astype(bool)

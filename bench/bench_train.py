@@ -1,0 +1,150 @@
+"""The training step of every segmentation model, in fp32 and bf16, against the step before issue 19, in one run.
+
+    /work/main/.venv/bin/python bench/bench_train.py [--repeats 5] [--threads 1 2] [--models unet p4_unet p4m_unet gridnet]
+        [--device cpu|cuda] [--batch 8]
+
+One training step = forward, CE + Lovász-softmax (the default loss), backward and an AdamW step, on a batch of
+8 tiles of 3 x 128 x 128 px with 2 classes, through eqseg's own `train_one_epoch` (one batch). Per model and thread
+count, three cases run interleaved round by round (load from other processes hits all alike; medians reported):
+
+  * reference: the step as it was before issue 19, fp32, contiguous (NCHW) tensors, and the group U-Nets' head as
+    its modules (`GSequential.forward`: the (8, 128, 128, 128) group-conv output materialised), i.e. the current version's
+    fp32 step before this change;
+  * fp32 and bf16: the step now (`train.precision`), in the layout the model prefers (eqseg.runtime.memory_format:
+    channels_last for unet and gridnet), the group head fused (gconv.invariant_head).
+
+Reported: milliseconds per step, tiles per second, the speed-up over the reference, and the achieved GFLOP/s,
+counted as 3 x 2 x the forward multiply-accumulates (forward 1x, backward 2x). Prints a markdown table and writes
+bench/results/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH, CHANNELS, SIZE, CLASSES = 8, 3, 128, 2
+
+
+def legacy_group_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """GUNet.forward before issue 19: the head run as its three modules."""
+    from eqseg.models.gconv import GSequential
+    from eqseg.models.unet import check_tile_size
+
+    check_tile_size(x.shape[-2], x.shape[-1], self.depth)
+    skips = [self.down[0](x)]
+    for pool, block in zip(self.pools, self.down[1:]):
+        skips.append(block(pool(skips[-1])))
+    x = skips.pop()
+    for upsample, block in zip(self.ups, self.up):
+        x = block(torch.cat([upsample(x), skips.pop()], dim=1))
+    return GSequential.forward(self.head, x)
+
+
+def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format, device: torch.device, batch: int):
+    """One call = one training step through eqseg.train.loop.train_one_epoch on one fixed batch."""
+    from eqseg.losses import build_loss
+    from eqseg.train.loop import train_one_epoch
+
+    net = net.to(device, memory_format=layout)
+    net.prefers_contiguous = layout == torch.contiguous_format  # what train_one_epoch puts the batch in
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, CHANNELS, SIZE, SIZE, generator=g)
+    y = torch.randint(0, CLASSES, (batch, SIZE, SIZE), generator=g)
+    loader = [(x, y, torch.zeros(0))]
+    loss = build_loss({"ce": 1.0, "lovasz": 1.0})
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def run():
+        float(train_one_epoch(net, loader, loss, optimiser, scaler, device, precision, torch.Generator(), net))
+
+    return run
+
+
+def time_interleaved(cases: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()  # reads the loss back: the step has finished on a GPU too
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def bench(models: list[str], threads: list[int], repeats: int, device: torch.device, batch: int) -> list[dict]:
+    from eqseg.models import build, count_macs
+    from eqseg.models.gunet import GUNet
+    from eqseg.runtime import memory_format
+
+    rows = []
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for name in models:
+            torch.manual_seed(0)
+            net = build(name, CHANNELS, CLASSES)
+            macs = count_macs(net, CHANNELS, SIZE)
+            reference = copy.deepcopy(net)
+            if isinstance(reference, GUNet):
+                reference.forward = types.MethodType(legacy_group_forward, reference)
+                macs_reference = count_macs(reference, CHANNELS, SIZE)
+            else:
+                macs_reference = macs
+            cases = {
+                "reference fp32": step_case(reference, "fp32", torch.contiguous_format, device, batch),
+                "fp32": step_case(copy.deepcopy(net), "fp32", memory_format(net), device, batch),
+                "bf16": step_case(copy.deepcopy(net), "bf16", memory_format(net), device, batch),
+            }
+            if device.type == "cuda":
+                cases["fp16"] = step_case(copy.deepcopy(net), "fp16", memory_format(net), device, batch)
+            ms = time_interleaved(cases, repeats)
+            for case, t in ms.items():
+                m = macs_reference if case.startswith("reference") else macs
+                rows.append(dict(model=name, threads=n_threads, case=case, ms=round(t, 1),
+                                 tiles_per_s=round(batch / t * 1e3, 1), speedup=round(ms["reference fp32"] / t, 2),
+                                 gflops=round(6 * m * batch / t / 1e6, 1), layout=str(memory_format(net)).split(".")[-1]
+                                 if case != "reference fp32" else "contiguous_format"))
+            print(f"  {name} x{n_threads}: " + ", ".join(f"{c} {t:.0f} ms" for c, t in ms.items()), flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--models", nargs="+", default=["unet", "p4_unet", "p4m_unet", "gridnet"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batch", type=int, default=BATCH)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train.json")
+    args = ap.parse_args()
+    from eqseg.runtime import native_bf16
+
+    device = torch.device(args.device)
+    rows = bench(args.models, args.threads, args.repeats, device, args.batch)
+    print("\n| model | threads | case | ms / step | tiles / s | speed-up vs reference | GFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['threads']} | {r['case']} | {r['ms']:.0f} | {r['tiles_per_s']:.1f} | "
+              f"{r['speedup']:.2f}x | {r['gflops']:.1f} |")
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
+    out.write_text(json.dumps(dict(torch=torch.__version__, cpu=platform.processor() or platform.machine(), gpu=gpu,
+                                   native_bf16=native_bf16(device), batch=args.batch, size=SIZE,
+                                   repeats=args.repeats, rows=rows), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

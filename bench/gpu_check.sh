@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU check of issue 19, one script for a machine with a CUDA GPU (bench/README.md, "On a GPU"):
+#   1. the tests that need CUDA (tests/test_cuda.py; skipped on a CPU), 2. bench/bench_train.py on the GPU,
+#   3. the default pipeline (`snakemake --cores N`) on the GPU, timed, and its test scores.
+# Everything it measures goes to $OUT (default bench/out/gpu): tests.log, train.json, pipeline.log, gpu.md (a
+# markdown summary to paste into bench/README.md and the README). Usage, from the repository root:
+#   OUT=/some/dir bash bench/gpu_check.sh [--quick]
+# --quick: the tests and a short bench only (no pipeline), e.g. to check the script on a CPU: the tests skip and
+# the bench runs on the CPU then.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/out/gpu}
+mkdir -p "$OUT"
+PY=${PYTHON:-python}
+QUICK=${1:-}
+DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+GPU=$($PY -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')")
+echo "device: $DEVICE ($GPU)" | tee "$OUT/device.txt"
+
+# 1. the CUDA tests (and the training-step tests that also run on the CPU)
+$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_precision.py -o addopts="" 2>&1 | tee "$OUT/tests.log" | tail -3
+
+# 2. the training step
+if [ "$QUICK" = "--quick" ]; then REPEATS=1; MODELS="unet p4m_unet"; else REPEATS=10; MODELS="unet p4_unet p4m_unet gridnet"; fi
+$PY bench/bench_train.py --device "$DEVICE" --threads "$(nproc)" --repeats $REPEATS --models $MODELS \
+  --out "$OUT/train.json" 2>&1 | tee "$OUT/bench_train.log" | tail -20
+
+# 3. the default pipeline on the GPU, in a scratch copy of the repository (results/ of this checkout untouched)
+if [ "$QUICK" != "--quick" ]; then
+  WORK=$(mktemp -d)
+  git ls-files -z | xargs -0 -I{} cp --parents {} "$WORK"/
+  ( cd "$WORK" && /usr/bin/time -v snakemake --cores "$(nproc)" > "$OLDPWD/$OUT/pipeline.log" 2>&1 ) \
+    2> "$OUT/pipeline.time" || { echo "pipeline failed: see $OUT/pipeline.log"; tail -30 "$OUT/pipeline.log"; }
+  cp "$WORK/results/report/summary.csv" "$WORK/results/report/cells.csv" "$OUT/" 2>/dev/null || true
+  rm -rf "$WORK"
+fi
+
+# the summary
+$PY - "$OUT" "$GPU" <<'PY'
+import json, sys, pathlib
+out, gpu = pathlib.Path(sys.argv[1]), sys.argv[2]
+lines = [f"GPU check on {gpu}", ""]
+tests = (out / "tests.log").read_text().strip().splitlines()
+lines += [f"tests: {tests[-1] if tests else 'no output'}", ""]
+bench = json.loads((out / "train.json").read_text())
+lines += ["| model | case | ms / step | tiles / s | speed-up | GFLOP/s |", "|---|---|---|---|---|---|"]
+lines += [f"| {r['model']} | {r['case']} | {r['ms']:.1f} | {r['tiles_per_s']:.0f} | {r['speedup']:.2f}x | {r['gflops']:.0f} |"
+          for r in bench["rows"]]
+timing = out / "pipeline.time"
+if timing.is_file():
+    wall = [l for l in timing.read_text().splitlines() if "Elapsed (wall clock)" in l]
+    lines += ["", f"default pipeline: {wall[0].split(': ')[-1] if wall else 'see pipeline.time'}"]
+cells = out / "cells.csv"
+if cells.is_file():
+    lines += ["", "default run, test mIoU per cell:", "", "```", cells.read_text()[:3000], "```"]
+(out / "gpu.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
