@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out/gpu}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python}
 QUICK=${1:-}
 DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
@@ -29,8 +30,10 @@ $PY bench/bench_train.py --device "$DEVICE" --threads "$(nproc)" --repeats $REPE
 if [ "$QUICK" != "--quick" ]; then
   WORK=$(mktemp -d)
   git ls-files -z | xargs -0 -I{} cp --parents {} "$WORK"/
-  ( cd "$WORK" && /usr/bin/time -v snakemake --cores "$(nproc)" > "$OLDPWD/$OUT/pipeline.log" 2>&1 ) \
-    2> "$OUT/pipeline.time" || { echo "pipeline failed: see $OUT/pipeline.log"; tail -30 "$OUT/pipeline.log"; }
+  START=$SECONDS
+  ( cd "$WORK" && snakemake --cores "$(nproc)" ) > "$OUT/pipeline.log" 2>&1 \
+    || { echo "pipeline failed: see $OUT/pipeline.log"; tail -30 "$OUT/pipeline.log"; }
+  echo "Elapsed (wall clock): $((SECONDS - START)) s" > "$OUT/pipeline.time"
   cp "$WORK/results/report/summary.csv" "$WORK/results/report/cells.csv" "$OUT/" 2>/dev/null || true
   rm -rf "$WORK"
 fi

@@ -85,6 +85,8 @@ def test_unknown_class_field(eqseg_cli, tmp_path):
         ("train", "epochs", -1, ["train.epochs", "greater than 0"]),
         ("train", "epoch", 3, ["train.epoch", "unknown key"]),
         ("train", "augment", "d4", ["train.augment", "moved", "grid.variants"]),
+        ("train", "amp", True, ["train.amp", "replaced by train.precision"]),
+        ("train", "precision", "half", ["train.precision", "'auto', 'fp32', 'bf16' or 'fp16'", "'half'"]),
         ("tile", "overlap", 64, ["tile", "overlap (64) must be smaller than size (64)"]),
         ("grid", "models", ["resnet"], ["grid.models", "'resnet'"]),
     ],

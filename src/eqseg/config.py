@@ -771,6 +771,8 @@ def _format_error(source: str, err: ValidationError) -> str:
         msg = "unknown key (check the spelling; allowed keys are documented in params.yaml)"
         if tuple(first["loc"]) == ("train", "augment"):
             msg = "moved: augmentation is a grid axis now, grid.variants: [none, d4, consistency]"
+        if tuple(first["loc"]) == ("train", "amp"):
+            msg = "replaced by train.precision: auto | fp32 | bf16 | fp16 (used by every command, not only training)"
     elif first["type"] == "literal_error":
         msg = f"{msg} (got {first.get('input')!r})"
     elif "input" in first and not isinstance(first["input"], (dict, list)):
