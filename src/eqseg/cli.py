@@ -172,8 +172,9 @@ def compare(params_path, entry, model_a, model_b, tiles, out, max_tiles) -> None
     if not (model_a and model_b and tiles and out):
         raise EqsegError("compare: give --entry NAME, or --model-a, --model-b, --tiles and --out")
     s = run(p, model_a, model_b, tiles, out, max_tiles)
-    click.echo(f"{out}: CKA on {s['examples']} test tiles" + (f", mean diagonal {s['cka_diagonal_mean']:.3f}"
-                                                              if s["cka_diagonal_mean"] is not None else ""))
+    diagonal = (f"mean diagonal {s['cka_diagonal_mean']:.3f}" if s["cka_diagonal_mean"] is not None
+                else f"mean diagonal undefined ({s['cka_diagonal_mean_undefined']})")
+    click.echo(f"{out}: CKA on {s['examples']} test tiles, {diagonal}")
 
 
 @cli.command()

@@ -90,6 +90,8 @@ class MinibatchCKA:
         self.xy = torch.zeros(n_a, n_b, dtype=torch.float64)
         self.xx = torch.zeros(n_a, dtype=torch.float64)
         self.yy = torch.zeros(n_b, dtype=torch.float64)
+        self.varies_a = torch.zeros(n_a, dtype=torch.bool)
+        self.varies_b = torch.zeros(n_b, dtype=torch.bool)
         self.examples = 0
 
     def update(self, feats_a: Sequence[torch.Tensor], feats_b: Sequence[torch.Tensor]) -> None:
@@ -104,12 +106,24 @@ class MinibatchCKA:
         self.xy += _hsic_matrix(ka, kb, self.debiased)
         self.xx += torch.diagonal(_hsic_matrix(ka, ka, self.debiased))
         self.yy += torch.diagonal(_hsic_matrix(kb, kb, self.debiased))
+        self.varies_a |= torch.tensor([_varies(f) for f in feats_a])
+        self.varies_b |= torch.tensor([_varies(f) for f in feats_b])
         self.examples += sizes.pop()
 
     def compute(self) -> np.ndarray:
+        """The CKA matrix; NaN for a layer whose features never vary over the examples of a batch (a constant layer
+        has no similarity to anything; rounding would otherwise give it a meaningless number near 0)."""
         denom = torch.sqrt(torch.clamp(torch.outer(self.xx, self.yy), min=0.0))
-        out = torch.where(denom > 0, self.xy / denom, torch.full_like(self.xy, float("nan")))
+        defined = (denom > 0) & torch.outer(self.varies_a, self.varies_b)
+        out = torch.where(defined, self.xy / torch.where(denom > 0, denom, 1.0), torch.full_like(self.xy, float("nan")))
         return out.numpy()
+
+
+def _varies(f: torch.Tensor, rtol: float = 1e-6) -> bool:
+    """Whether the features of the batch differ between examples (beyond float rounding)."""
+    f = f.detach().reshape(f.shape[0], -1).double()
+    spread = (f - f.mean(0)).abs().max()
+    return bool(spread > rtol * max(float(f.abs().max()), 1e-30))
 
 
 # ---------------------------------------------------------------------------------------------- features of models

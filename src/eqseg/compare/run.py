@@ -20,6 +20,7 @@ from eqseg.errors import EqsegError
 from eqseg.inference import ClassicalNet, load_trained, normaliser_for, normalised_tiles
 from eqseg.runtime import resolve_device
 from eqseg.tiling.store import TileStore
+from eqseg.utils import strictjson
 from eqseg.utils.atomic import atomic_dir, check_replaceable, write_json
 
 
@@ -60,30 +61,57 @@ def compare(params: Params, model_a: Path, model_b: Path, tiles: Path, out: Path
     rows = [dict(model=key, name=(info_a if key == "a" else info_b).model, layer=layer, **errors)
             for key, prof in profiles.items() for layer, errors in prof.items()]
     inv = pd.DataFrame(rows)
+    constant = constant_layers(cka["cka"], layers_a, layers_b)
     with atomic_dir(out) as tmp:
-        table.to_csv(tmp / "cka.csv")
-        inv.to_csv(tmp / "invariance.csv", index=False)
-        plot_cka(tmp / "cka.png", cka["cka"], layers_a, layers_b, label_a, label_b)
+        table.to_csv(tmp / "cka.csv", na_rep="NA")  # NA (pandas reads it as missing), not an empty field
+        inv.to_csv(tmp / "invariance.csv", index=False, na_rep="NA")
+        plot_cka(tmp / "cka.png", cka["cka"], layers_a, layers_b, label_a, label_b, constant)
         plot_invariance(tmp / "invariance.png", inv, label_a, label_b)
         summary = dict(model_a=str(model_a), model_b=str(model_b), tiles=str(tiles), examples=int(cka["examples"]),
-                       normalise=params.normalise.mode, cka_diagonal_mean=float(np.mean(np.diag(cka["cka"])))
-                       if len(layers_a) == len(layers_b) else None)
+                       normalise=params.normalise.mode, undefined_layers=constant,
+                       **diagonal_mean(cka["cka"], layers_a, layers_b, constant))
         write_json(tmp / "compare.json", summary)
-    return summary
+    return strictjson.finite(summary)
 
 
-def plot_cka(path: Path, matrix: np.ndarray, layers_a: list[str], layers_b: list[str], label_a: str, label_b: str) -> None:
+def constant_layers(matrix: np.ndarray, layers_a: list[str], layers_b: list[str]) -> dict[str, str]:
+    """{"A: up.0": reason} for each layer whose CKA row (A) or column (B) is undefined: its features do not vary
+    over the test tiles (a degenerate model), so no similarity to anything can be measured."""
+    out = {}
+    for side, names, undefined in (("A", layers_a, np.isnan(matrix).all(axis=1)), ("B", layers_b, np.isnan(matrix).all(axis=0))):
+        for name, bad in zip(names, undefined):
+            if bad:
+                out[f"{side}: {name}"] = f"constant features in layer {name} of model {side} on the test tiles"
+    return out
+
+
+def diagonal_mean(matrix: np.ndarray, layers_a: list[str], layers_b: list[str], constant: dict[str, str]) -> dict:
+    """The mean CKA of same-named layers, or null with the reason it is undefined."""
+    if len(layers_a) != len(layers_b):
+        return {"cka_diagonal_mean": None, "cka_diagonal_mean_undefined": "the models have different numbers of layers"}
+    diag = np.diag(matrix)
+    if np.isfinite(diag).all():
+        return {"cka_diagonal_mean": float(diag.mean())}
+    return {"cka_diagonal_mean": None, "cka_diagonal_mean_undefined": "; ".join(constant.values())
+            or "CKA undefined on the diagonal"}
+
+
+def plot_cka(path: Path, matrix: np.ndarray, layers_a: list[str], layers_b: list[str], label_a: str, label_b: str,
+             undefined: dict[str, str] | None = None) -> None:
+    """The heat map; an undefined cell reads "n/a", and the reasons are printed under the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(0.55 * len(layers_b) + 2.5, 0.5 * len(layers_a) + 2), dpi=110)
-    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="magma", origin="lower")
+    im = ax.imshow(np.ma.masked_invalid(matrix), vmin=0, vmax=1, cmap="magma", origin="lower")
+    ax.set_facecolor("lightgrey")
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if matrix[i, j] > 0.6 else "white")
+            v = matrix[i, j]
+            ax.text(j, i, f"{v:.2f}" if np.isfinite(v) else "n/a", ha="center", va="center", fontsize=7,
+                    color="black" if not np.isfinite(v) or v > 0.6 else "white")
     ax.set_xticks(range(len(layers_b)), layers_b, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(layers_a)), layers_a, fontsize=8)
     ax.set_xlabel(f"layer of {label_b}")
@@ -91,6 +119,9 @@ def plot_cka(path: Path, matrix: np.ndarray, layers_a: list[str], layers_b: list
     ax.set_title("debiased linear CKA on test tiles", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
+    if undefined:  # below the axes, in room made for it
+        fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.04 * len(undefined))
+        fig.text(0.01, 0.01, "\n".join(f"n/a: {r}" for r in undefined.values()), fontsize=6, va="bottom")
     fig.savefig(path)
     plt.close(fig)
 

@@ -18,6 +18,7 @@ from eqseg.digits.data import DEFAULT_CSV, load_digits, rotate_quarter, rotate_r
 from eqseg.digits.nets import NETS
 from eqseg.errors import EqsegError
 from eqseg.runtime import resolve_device
+from eqseg.utils import strictjson
 
 __all__ = ["run"]
 
@@ -71,5 +72,5 @@ def run(out_dir: Path, *, model: str = "p4cnn", epochs: int = 6, seed: int = 0, 
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "metrics.json").write_text(strictjson.dumps(metrics, indent=2) + "\n")
     return metrics

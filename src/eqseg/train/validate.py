@@ -50,6 +50,13 @@ class Validation:
             how += " (no validation tiles)"
         return {"select": self.select, "selected_by": how}
 
+    @property
+    def undefined(self) -> str:
+        """Why a validation score is missing (written beside the null in config.json)."""
+        if self.labels == "none":
+            return f"no validation: train.select {self.select}" + ("" if self.select == "last" else ", no val tiles")
+        return "no validation score: the val tiles hold no pixels or tags of these labels"
+
     def score(self, net, store: TileStore, batch_size: int, device, normaliser, precision: str) -> dict:
         """{val_score, val_miou, val_fwiou} of the current weights; NaN where not defined (no validation, or
         tags: val_score is then the mean over classes of the Jaccard index of predicted vs given tags)."""
@@ -80,6 +87,12 @@ class Validation:
                 inter += present & given
                 union += present | given
         return float(np.mean(inter[union > 0] / union[union > 0])) if (union > 0).any() else NAN
+
+
+def undefined_reasons(validation: Validation) -> dict[str, str]:
+    """Reasons for the summary's validation scores where they are undefined (eqseg.utils.strictjson)."""
+    return dict.fromkeys(("best_val_score", "best_val_miou", "best_val_fwiou", "val_score", "val_miou"),
+                         validation.undefined)
 
 
 def validation_for(select: str, store: TileStore, labels_dir: Path, min_pixels: int = 1) -> Validation:

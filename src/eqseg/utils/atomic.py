@@ -291,19 +291,10 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically, sorted and indented so DVC diffs stay readable."""
+def write_json(path: str | Path, obj, reasons: dict[str, str] | None = None) -> None:
+    """Write JSON atomically, sorted and indented so DVC diffs stay readable; strict (eqseg.utils.strictjson): a
+    NaN or Infinity becomes null with `<key>_undefined` beside it (`reasons[key]` or what the value was)."""
+    from eqseg.utils.strictjson import dumps
+
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+        tmp.write_text(dumps(obj, reasons, indent=2, sort_keys=True) + "\n")
