@@ -50,6 +50,61 @@ def test_import_layers():
     assert present - {"__main__"} <= placed, f"packages not placed in a layer: {sorted(present - placed - {'__main__'})}"
 
 
+def test_no_import_cycles():
+    """No module of eqseg imports itself back through others: a lazy import inside a function counts too (grimp
+    records it), since it is a circle all the same, only one that fails later."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("eqseg", cache_dir=None)
+    imports = {m: sorted(d for d in graph.find_modules_directly_imported_by(m) if d.startswith("eqseg"))
+               for m in graph.modules if m.startswith("eqseg")}
+    cycles = _strongly_connected(imports)
+    loops = [graph.find_shortest_chain(importer=c[0], imported=c[1]) + graph.find_shortest_chain(importer=c[1], imported=c[0])[1:]
+             for c in cycles]  # one circle through the first two modules of each group
+    assert not cycles, "import cycles:\n" + "\n".join(f"{', '.join(c)}: {' -> '.join(loop)}" for c, loop in zip(cycles, loops))
+
+
+def _strongly_connected(edges: dict[str, list[str]]) -> list[list[str]]:
+    """The groups of more than one module that all reach each other (Tarjan's algorithm, without recursion)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups = []
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(edges[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(edges.get(child, []))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    groups.append(sorted(group))
+    return sorted(groups)
+
+
 def test_models_import_nothing_of_the_pipeline():
     grimp = pytest.importorskip("grimp")
     graph = grimp.build_graph("eqseg", cache_dir=None)

@@ -423,7 +423,7 @@ def test_self_intersecting_polygon_is_repaired_and_said_once(eqseg_cli, tmp_path
 def test_repaired_polygon_keeps_its_area(tmp_path):
     from shapely.geometry import Polygon
 
-    from eqseg.tiling.sources import load_vector_labels
+    from eqseg.tiling.vector import load_vector_labels
 
     bowtie = Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])  # two triangles of area 1 meeting at (1, 1)
     gpd.GeoDataFrame(geometry=[bowtie], crs="EPSG:32633").to_file(tmp_path / "bow.gpkg")

@@ -29,8 +29,9 @@ from eqseg.models import build
 from eqseg.predict.run import predict, predict_source
 from eqseg.predict.stitch import RowBand, ramp
 from eqseg.predict.writer import class_colours
+from eqseg.tiling.geotiff import GeoSource
 from eqseg.tiling.grid import window_origins
-from eqseg.tiling.sources import GeoSource, load_vector_labels
+from eqseg.tiling.vector import load_vector_labels
 
 SPACENET = Path(__file__).resolve().parents[1] / "data" / "spacenet_atlanta"
 CPU = torch.device("cpu")

@@ -16,9 +16,10 @@ from shapely.geometry import box
 
 from eqseg.config import GeoTiffDataset, Scene, SplitConfig, TileConfig
 from eqseg.errors import EqsegError
-from eqseg.tiling import sources
-from eqseg.tiling.sources import GeoSource, load_vector_labels
+from eqseg.tiling import geotiff
+from eqseg.tiling.geotiff import GeoSource
 from eqseg.tiling.store import TileStore, build_tile_store
+from eqseg.tiling.vector import load_vector_labels
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CRS = "EPSG:32633"
@@ -58,7 +59,7 @@ def uint16_scene(tmp_path_factory):
 @pytest.mark.parametrize("size, overlap", [(96, 0), (128, 32)])
 def test_tiles_from_strips_equal_direct_window_reads(uint16_scene, tmp_path, monkeypatch, size, overlap):
     raster, labels = uint16_scene
-    monkeypatch.setattr(sources, "STRIP_BYTES", 2 * 2**20)  # force column chunks too
+    monkeypatch.setattr(geotiff, "STRIP_BYTES", 2 * 2**20)  # force column chunks too
     meta = build_tile_store("u16", dataset(raster, labels), TileConfig(size=size, overlap=overlap, min_valid_fraction=0), tmp_path / "t")
     store = TileStore(tmp_path / "t")
     gdf = gpd.read_file(labels)

@@ -15,8 +15,9 @@ from shapely.geometry import box
 
 from eqseg.config import GeoTiffDataset, PairsDataset, Scene, SplitConfig, TileConfig
 from eqseg.errors import EqsegError
-from eqseg.tiling.sources import GeoSource, load_vector_labels
+from eqseg.tiling.geotiff import GeoSource
 from eqseg.tiling.store import TileStore, build_tile_store
+from eqseg.tiling.vector import load_vector_labels
 
 SPACENET = Path(__file__).resolve().parents[1] / "data" / "spacenet_atlanta"
 
@@ -110,7 +111,7 @@ def test_pairs_store_splits_by_source_and_pads(tmp_path, root):
     assert set(np.unique(store.masks)) <= {0, 1, 255} and (store.masks == 1).any()
     # image06 is 459 wide: its last column of tiles is shifted back inside the image (col 331, not 384 padded);
     # every image is larger than a tile, so no tile is padded at all
-    from eqseg.tiling.sources import read_image_file
+    from eqseg.tiling.pairs import read_image_file
 
     assert sorted(set(index[index.source == "image06"].col)) == [0, 128, 256, 459 - 128]
     t = index[(index.source == "image06") & (index.col == 459 - 128) & (index.row == 0)].tile_id.item()
@@ -150,7 +151,8 @@ def test_every_source_kind_has_the_whole_interface(root, tmp_path):
     capability set explicitly, and names, order and single-source opening agree with open_sources."""
     from eqseg.config import Slide, SlideDataset
     from eqseg.slides.make import make_slide
-    from eqseg.tiling.source import Source, open_source, open_sources, source_names
+    from eqseg.tiling.protocol import Source
+    from eqseg.tiling.registry import open_source, open_sources, source_names
 
     make_slide(root / "data/cpm15/images", root / "data/cpm15/masks", tmp_path / "s.ome.tif", tmp_path / "s.mask.ome.tif",
                0.5, mask_suffix="_mask", include=("image01.png",))
@@ -181,7 +183,7 @@ def test_every_source_kind_has_the_whole_interface(root, tmp_path):
 
 
 def test_footprints_of_arrays_equal_footprints_one_by_one(root):
-    from eqseg.tiling.source import open_sources
+    from eqseg.tiling.registry import open_sources
 
     _, cfgs = _bundled_cfgs(root)
     for cfg in cfgs.values():
@@ -307,7 +309,7 @@ def test_overlapping_scenes_in_different_crss_never_split_the_same_ground(tmp_pa
     cover the same ground are one unit, whatever the seed; scenes apart stay independent."""
     from pyproj import Transformer
 
-    from eqseg.tiling.source import open_sources
+    from eqseg.tiling.registry import open_sources
     from eqseg.tiling.store import split_units
 
     x, y = Transformer.from_crs("EPSG:32633", "EPSG:32632", always_xy=True).transform(500100, 3999900)

@@ -12,7 +12,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from eqseg.tiling.sources import GeoSource, _as_pixel, _Recycler
+from eqseg.tiling.geotiff import GeoSource, _as_pixel, _Recycler
 
 H, W = 300, 520  # not multiples of the 128-px blocks: edge strips and shifted tiles
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from eqseg.errors import EqsegError
-from eqseg.tiling.sources import find_pairs
+from eqseg.tiling.pairs import find_pairs
 
 DIGITS_DATA = "data/mnist5k/mnist_5k.csv.gz"  # the bundled MNIST sample (`eqseg digits`; `data/mnist5k` in dvc.yaml)
 RASTER_SIDECARS = (".aux.xml", ".ovr", ".msk")  # files GDAL reads beside a raster

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
 from eqseg.errors import EqsegError
-
-_REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
-
-
-def register(name: str):
-    """Decorator: make a model constructor `f(in_channels, num_classes, **options)` buildable by name."""
-
-    def wrap(fn):
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
+from eqseg.models.registry import _REGISTRY, register  # noqa: F401  (register: the decorator model modules use)
 
 
 def _load_builtin() -> None:

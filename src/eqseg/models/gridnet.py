@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from eqseg.errors import EqsegError
-from eqseg.models import register
+from eqseg.models.registry import register
 from eqseg.models.unet import check_tile_size
 
 

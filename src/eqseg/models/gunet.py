@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from eqseg.errors import EqsegError
-from eqseg.models import register
+from eqseg.models.registry import register
 from eqseg.models.gconv import (
     GModule, GMaxPool2d, GSequential, GUpsample, GroupConv, GroupMaxPool, GroupMeanMaxPool, InvariantConv1x1, double_conv,
     InvariantHead,

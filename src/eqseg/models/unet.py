@@ -11,7 +11,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from eqseg.errors import EqsegError
-from eqseg.models import register
+from eqseg.models.registry import register
 
 
 def double_conv(c_in: int, c_out: int) -> nn.Sequential:

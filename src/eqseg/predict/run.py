@@ -32,8 +32,8 @@ from eqseg.metrics.ranking import HistogramAP, dice_scores
 from eqseg.predict.stitch import RowBand
 from eqseg.predict.writer import GeoTiffRowWriter, add_overviews, class_colours, profile, write_class_styles
 from eqseg.tiling import grid
-from eqseg.tiling.source import open_source, source_names
-from eqseg.tiling.sources import GDAL_CACHE_BYTES
+from eqseg.tiling.geotiff import GDAL_CACHE_BYTES
+from eqseg.tiling.registry import open_source, source_names
 from eqseg.data.normalise import Normaliser
 from eqseg.models.checkpoint import ModelInfo
 from eqseg.models.groups import D4
@@ -265,7 +265,7 @@ def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = No
     """Load the model, open the source (a dataset's, with labels, or any GeoTIFF without), predict, write metrics."""
     from eqseg.inference import load_trained
     from eqseg.runtime import resolve_device, resolve_precision, set_threads
-    from eqseg.tiling.sources import GeoSource
+    from eqseg.tiling.geotiff import GeoSource
 
     cfg = params.predict
     device = resolve_device(cfg.device)

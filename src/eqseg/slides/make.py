@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from eqseg.errors import EqsegError
-from eqseg.tiling.sources import find_pairs, mask_to_classes, read_image_file
+from eqseg.tiling.pairs import find_pairs, mask_to_classes, read_image_file
 from eqseg.utils.atomic import atomic_file
 
 TIFF_TILE = 256

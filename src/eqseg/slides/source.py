@@ -17,11 +17,12 @@ import numpy as np
 from shapely.geometry import box
 
 from eqseg.errors import EqsegError
+from eqseg.labels import IGNORE
 from eqseg.slides.readers import SlideReader, open_slide, slide_name
 from eqseg.slides.tiff import level_for_mpp
 from eqseg.slides.tissue import tissue_mask
-from eqseg.tiling.source import SourceDefaults
-from eqseg.tiling.sources import IGNORE, TileRead, mask_to_classes
+from eqseg.tiling.pairs import mask_to_classes
+from eqseg.tiling.protocol import SourceDefaults, TileRead
 
 TISSUE_MIN_SIDE = 1024  # the tissue map comes from the coarsest level at least this large
 THUMB_MAX_SIDE = 4096  # a larger tissue level (no pyramid) is subsampled while read, strip by strip
@@ -157,7 +158,7 @@ class AnnotationLabels:
 
 @dataclass
 class SlideSource(SourceDefaults):
-    """One slide read at one level (eqseg.tiling.source.Source, with `is_slide`, `level`, `mpp`, `downsample` and
+    """One slide read at one level (eqseg.tiling.protocol.Source, with `is_slide`, `level`, `mpp`, `downsample` and
     `background` of its own, plus the `tissue` map)."""
 
     is_slide: ClassVar[bool] = True

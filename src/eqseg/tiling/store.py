@@ -33,10 +33,12 @@ import numpy as np
 from tqdm import tqdm
 
 from eqseg.errors import EqsegError
+from eqseg.labels import IGNORE
 from eqseg.tiling import grid, npy
 from eqseg.tiling.meta import StoreMeta
-from eqseg.tiling.source import Source, open_sources
-from eqseg.tiling.sources import IGNORE, GeoSource, usable_cpus
+from eqseg.tiling.geotiff import GeoSource, open_raster, usable_cpus
+from eqseg.tiling.protocol import Source
+from eqseg.tiling.registry import open_sources, source_names
 from eqseg.utils.atomic import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -96,14 +98,10 @@ class _Extent:
 def source_splits(cfg, root: Path = Path(".")) -> dict[str, str]:
     """The split of each source of a dataset split by source, exactly as the tile store draws it (georeferenced
     sources covering the same ground are one unit), without reading pixels or labels."""
-    from eqseg.tiling.source import source_names
-
     names = source_names(cfg, root)
     if cfg.split.by != "source":
         raise EqsegError(f"source_splits: the dataset is split by {cfg.split.by}, not by source")
     if getattr(cfg, "kind", None) == "geotiff":
-        from eqseg.tiling.sources import open_raster
-
         extents = []
         for scene in cfg.scenes:
             with open_raster(root / scene.raster) as ds:

@@ -15,6 +15,7 @@ from eqseg.config import CLASSICAL_OPTIONS, Params, stable_hash
 from eqseg.data import normalise as norm
 from eqseg.errors import EqsegError
 from eqseg.inference import ClassicalNet
+from eqseg.train.record import plot_history, weak_metrics, write_history
 from eqseg.train.validate import validation_for
 from eqseg.models.checkpoint import ModelInfo, save_classical
 from eqseg.runtime import resolve_device
@@ -28,7 +29,6 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     recorded. The cell's `seed` picks the tiles and drives every random choice of the fit (k-means initialisation,
     pixel sample)."""
     from eqseg.data.cells import cell_train_ids, check_labels_match, load_labels
-    from eqseg.train.loop import plot_history, weak_metrics, write_history
 
     t0 = time.perf_counter()
     options = dict(params.model_options(model_name))

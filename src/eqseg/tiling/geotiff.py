@@ -1,10 +1,5 @@
-"""Readers of labelled sources: a GeoTIFF scene with vector labels, or an image/mask pair.
-
-Each source hands out one padded tile at a time (never reading the whole raster): the pixels of [row, row_end) x
-[col, col_end) inside the tile, the rest padding. It returns the image (C, S, S), the mask (S, S, uint8 class
-ids, 255 = no label: padding, nodata, or unknown), the fraction of valid pixels and the valid pixels themselves
-(valid: image pixels inside the source and not nodata, labelled or not; band statistics are taken over them).
-Whole-slide images have their own source in eqseg.slides.source; all implement eqseg.tiling.source.Source.
+"""A GeoTIFF scene as a tiling source: tiles cut from block-aligned strips read ahead on a thread, labels rasterised
+per strip from vector shapes (loaded by eqseg.tiling.vector) already in the raster's CRS.
 """
 
 from __future__ import annotations
@@ -25,31 +20,11 @@ import rasterio.windows
 import shapely
 from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
-from shapely.geometry import box
 
 from eqseg.errors import EqsegError
 from eqseg.labels import IGNORE
-from eqseg.tiling.source import SourceDefaults
+from eqseg.tiling.protocol import SourceDefaults, TileRead, require_file
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
-
-
-@dataclass
-class TileRead:
-    image: np.ndarray
-    mask: np.ndarray
-    valid_fraction: float
-    valid: np.ndarray | None = None  # (S, S) bool: inside the source and not nodata; None: as the valid fraction says
-
-
-def _require_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise EqsegError(f"{path}: {what} not found")
-    if not path.is_file():
-        raise EqsegError(f"{path}: {what} is not a file")
-
-
-# --------------------------------------------------------------------------------------------- GeoTIFF + vectors
 STRIP_BYTES = 256 * 2**20  # most pixel bytes one cached strip may hold; wider rasters are read in column chunks
 GDAL_CACHE_BYTES = 32 * 2**20  # GDAL's block cache while reading strips: whole blocks are read once, caching them
 # would only grow the process (by default GDAL keeps up to 5 % of the machine's memory)
@@ -374,7 +349,7 @@ class GeoSource(SourceDefaults):
 
 def open_raster(path: Path, **options):
     """Open a raster for reading (GDAL open options as keywords), refusing files whose last block cannot be read."""
-    _require_file(path, "raster")
+    require_file(path, "raster")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -394,188 +369,3 @@ def _gdal_reason(err: Exception) -> str:
     cause = err.__cause__ or err.__context__
     text = str(cause if cause is not None and str(cause) else err)
     return (text.splitlines() or [""])[0][:200]
-
-
-def load_vector_labels(
-    path: Path, raster_path: Path, raster_crs, raster_bounds, class_field: str | None,
-    class_values: dict[str, int] | None, num_classes: int, layer: str | None = None,
-) -> list:
-    """Read vector labels, reproject them to the raster's CRS, and return (geometry, class id) pairs."""
-    import geopandas as gpd
-
-    _require_file(path, "vector labels")
-    try:
-        gdf = gpd.read_file(path, layer=layer) if layer else gpd.read_file(path)
-    except Exception as err:  # pyogrio raises several types for unreadable files
-        raise EqsegError(f"{path}: cannot read vector labels ({str(err).splitlines()[0]})") from None
-    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
-    if gdf.empty:
-        raise EqsegError(f"{path}: the label file has no features (no geometries), so it labels nothing on {raster_path.name}")
-    if gdf.crs is None:
-        raise EqsegError(f"{path}: vector labels have no CRS, so they cannot be placed on {raster_path.name}; set one (e.g. ogr2ogr -a_srs)")
-    if raster_crs is None:
-        raise EqsegError(_no_georeferencing(raster_path, path))
-    gdf = _repair_invalid(gdf, path)
-    if class_field is None:
-        ids = np.ones(len(gdf), dtype=int)
-    else:
-        if class_field not in gdf.columns:
-            fields = [c for c in gdf.columns if c != gdf.geometry.name]
-            shown = f"{fields[:12]} and {len(fields) - 12} more" if len(fields) > 12 else f"{fields}"
-            raise EqsegError(f"{path}: unknown class field {class_field!r} (fields: {shown})")
-        values = gdf[class_field]
-        if class_values is not None:
-            unknown = sorted({str(v) for v in values} - set(class_values))
-            if unknown:
-                raise EqsegError(f"{path}: values {unknown} of field {class_field!r} are not in class_values")
-            ids = np.array([class_values[str(v)] for v in values], dtype=int)
-        else:
-            try:
-                ids = values.astype(int).to_numpy()
-            except (TypeError, ValueError):
-                raise EqsegError(f"{path}: field {class_field!r} is not numeric: give class_values to map its values to class ids") from None
-    bad = sorted({int(i) for i in ids if not 0 <= i < num_classes})
-    if bad:
-        raise EqsegError(f"{path}: class ids {bad} from the labels are outside 0..{num_classes - 1} (classes)")
-    gdf = gdf.to_crs(raster_crs)
-    if not gdf.intersects(box(*raster_bounds)).any():
-        raise EqsegError(f"{path}: labels do not overlap the raster {raster_path.name} (after reprojection to its CRS)")
-    return list(zip(gdf.geometry.to_numpy(), ids.tolist()))
-
-
-def _no_georeferencing(raster_path: Path, labels_path: Path) -> str:
-    """The message for a raster without a CRS: name the format GDAL found when it is not a GeoTIFF."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(raster_path) as ds:
-                driver = ds.driver
-    except RasterioIOError:
-        driver = None
-    if driver and driver != "GTiff":
-        return (f"{raster_path}: not a GeoTIFF (GDAL reads it as {driver}) and has no georeferencing, so vector labels "
-                f"from {labels_path.name} cannot be placed on it")
-    return (f"{raster_path}: GeoTIFF without a CRS (no georeferencing), so vector labels from {labels_path.name} cannot "
-            "be placed on it; set one (e.g. gdal_edit.py -a_srs EPSG:...)")
-
-
-def _repair_invalid(gdf, path: Path):
-    """Invalid geometries (self-intersecting polygons...) repaired with shapely.make_valid, keeping their polygonal
-    parts; one warning says how many. Parts that collapse to nothing are dropped."""
-    import logging
-
-    import geopandas as gpd
-
-    invalid = ~gdf.geometry.is_valid.to_numpy()
-    if not invalid.any():
-        return gdf
-    geoms = gdf.geometry.to_numpy().copy()
-    geoms[invalid] = shapely.make_valid(geoms[invalid], method="structure", keep_collapsed=False)
-    gdf = gdf.copy()
-    gdf[gdf.geometry.name] = gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs)
-    n = int(invalid.sum())
-    logging.getLogger(__name__).warning("%s: repaired %d invalid geometr%s (e.g. self-intersecting polygons) with "
-                                        "shapely.make_valid", path, n, "y" if n == 1 else "ies")
-    return gdf[~gdf.geometry.is_empty]
-
-
-# --------------------------------------------------------------------------------------------- image/mask pairs
-def find_pairs(images: Path, masks: Path, suffix: str) -> list[tuple[Path, Path]]:
-    """Match every image in `images` with `masks/<stem><suffix>.<any image extension>`."""
-    for folder, what in ((images, "images folder"), (masks, "masks folder")):
-        if not folder.is_dir():
-            raise EqsegError(f"{folder}: {what} not found")
-    pairs = []
-    for img in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        candidates = [masks / f"{img.stem}{suffix}{ext}" for ext in (img.suffix, *IMAGE_SUFFIXES)]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise EqsegError(f"{img}: no mask {img.stem}{suffix}.* in {masks}")
-        pairs.append((img, found))
-    if not pairs:
-        raise EqsegError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return pairs
-
-
-def read_image_file(path: Path) -> np.ndarray:
-    """An image as (C, H, W), keeping its dtype; a constant alpha band is dropped."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                arr = np.asarray(im)
-    except Exception as err:
-        raise EqsegError(f"{path}: cannot read image ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-    if arr.shape[0] == 4 and (arr[3] == np.iinfo(arr.dtype).max if arr.dtype.kind == "u" else arr[3] == 1).all():
-        arr = arr[:3]
-    return np.ascontiguousarray(arr)
-
-
-def mask_to_classes(raw: np.ndarray, mode: str, values: dict[int, int] | None, num_classes: int, path: Path) -> np.ndarray:
-    """Turn a raw mask into uint8 class ids: instance ids (>0 = class 1), or class values (optionally remapped)."""
-    if raw.ndim == 3:
-        raw = raw[0]
-    if mode == "instances":
-        return (raw > 0).astype(np.uint8)
-    if values is not None:
-        out = np.full(raw.shape, IGNORE, dtype=np.uint8)
-        for v, c in values.items():
-            out[raw == v] = c
-        return out
-    out = raw.astype(np.int64)
-    bad = np.unique(out[(out >= num_classes) & (out != IGNORE)])
-    if bad.size:
-        raise EqsegError(f"{path}: mask values {bad[:5].tolist()} are not class ids 0..{num_classes - 1} (set mask_values or mask_mode)")
-    return out.astype(np.uint8)
-
-
-@dataclass
-class PairSource(SourceDefaults):
-    """An image and its mask, both small enough to hold in memory (pathology tiles, EM slices)."""
-
-    image_path: Path
-    mask_path: Path
-    mask_mode: str
-    mask_values: dict[int, int] | None
-    num_classes: int
-
-    def __post_init__(self):
-        self.name = self.image_path.stem
-        self._image = read_image_file(self.image_path)
-        self._mask = mask_to_classes(read_image_file(self.mask_path), self.mask_mode, self.mask_values, self.num_classes, self.mask_path)
-        if self._image.shape[1:] != self._mask.shape:
-            raise EqsegError(f"{self.mask_path}: mask size {self._mask.shape[::-1]} differs from image size {self._image.shape[:0:-1]}")
-        self.bands, self.height, self.width = self._image.shape
-        self.dtype = self._image.dtype
-        self.crs = None
-        self.transform = None
-
-    @property
-    def path(self) -> Path:
-        return self.image_path
-
-    def footprint(self, row: int, col: int, height: int, width: int):
-        return shapely.box(col, row, col + width, row + height)
-
-    def has_valid_pixels(self, row: int, col: int, height: int, width: int) -> bool:
-        return True
-
-    def read_tile(self, row: int, col: int, size: int, row_end: int, col_end: int) -> TileRead:
-        image = np.zeros((self.bands, size, size), dtype=self.dtype)
-        mask = np.full((size, size), IGNORE, dtype=np.uint8)
-        part = self._image[:, row : min(row + size, row_end), col : min(col + size, col_end)]
-        h, w = part.shape[1:]
-        image[:, :h, :w] = part
-        mask[:h, :w] = self._mask[row : row + h, col : col + w]
-        valid = np.zeros((size, size), dtype=bool)
-        valid[:h, :w] = True
-        return TileRead(image, mask, float(h * w) / float(size * size), valid)
-
-    def close(self) -> None:
-        pass
