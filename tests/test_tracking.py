@@ -497,3 +497,32 @@ def test_mlflow_ui_in_headless_chromium_lists_the_runs(in_tmp):
                               f"--user-data-dir={in_tmp / 'chromium'}", "--dump-dom", f"{url}/#/experiments/{exp_id}"],
                              capture_output=True, text=True, timeout=90).stdout
     assert "cpm15/p4_unet/full/seed0" in dom, dom[-2000:]
+
+
+# ------------------------------------------------------------------------------------- run durations
+
+
+@pytest.mark.parametrize("model", ["unet", "kmeans"])
+def test_a_cells_run_lasts_at_least_its_training(small_setup, tmp_path, model):
+    """The MLflow UI shows end - start as the run's duration: it must span the work that history.csv times (a
+    classical fit's run used to start after the fit, so a minutes-long fit showed as a few seconds)."""
+    import csv
+
+    import yaml
+
+    from conftest import train_cmd
+
+    p = yaml.safe_load((small_setup / "params.yaml").read_text())
+    p["models"]["kmeans"] = {}
+    p["train"]["epochs"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    cmd = train_cmd(small_setup, tmp_path / "m")
+    cmd[cmd.index("--model") + 1] = model
+    cmd[cmd.index("--params") + 1] = str(tmp_path / "params.yaml")
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    run_id = json.loads((tmp_path / "m" / "run.json").read_text())["run_id"]
+    info = client_for(cfg_for(small_setup)).get_run(run_id).info
+    with open(tmp_path / "m" / "history.csv") as f:
+        trained = sum(float(r["seconds"]) for r in csv.DictReader(f))
+    assert info.status == "FINISHED" and trained > 0
+    assert (info.end_time - info.start_time) / 1000 >= trained, (info.start_time, info.end_time, trained)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -190,6 +191,7 @@ def digits(params_path: Path, model_name: str, seed: int, out: Path) -> None:
     from eqseg.digits import run
     from eqseg.utils.atomic import atomic_dir
 
+    started = time.time()  # the MLflow run, started after the work, spans it
     p = _load(params_path)
     cfg = p.digits
     torch.set_num_threads(cfg.threads)
@@ -199,7 +201,8 @@ def digits(params_path: Path, model_name: str, seed: int, out: Path) -> None:
 
     tracking.start_cell_run(p.mlflow, dict(stage="digits", dataset="mnist5k", model=model_name, seed=seed),
                             stable_hash(cfg.model_dump()), run_name=f"digits/{model_name}/seed{seed}",
-                            tags={"stage": "digits", "dataset": "mnist5k", "model": model_name, "seed": str(seed)})
+                            tags={"stage": "digits", "dataset": "mnist5k", "model": model_name, "seed": str(seed)},
+                            start_time=started)
     tracking.log_params({"digits": cfg.model_dump(exclude={"models", "seeds"}), "model": model_name, "seed": seed})
     tracking.log_metrics({k: v for k, v in metrics.items() if k.startswith(("acc_", "n_params"))})
     tracking.log_artifacts([out / "metrics.json"])

@@ -442,7 +442,7 @@ def _runs_of_cell(client, exp_id: str, key: str) -> list:
 
 
 def start_cell_run(cfg: MlflowConfig, cell: dict[str, Any], config_hash: str, run_id: str | None = None,
-                   run_name: str | None = None, tags: dict[str, str] | None = None):
+                   run_name: str | None = None, tags: dict[str, str] | None = None, start_time: float | None = None):
     """Start (or continue) the MLflow run of one grid cell; never leaves two live runs for the cell.
 
     cell: the cell's identity in order, e.g. dict(stage='train', dataset=..., model=..., supervision=..., seed=...);
@@ -452,6 +452,8 @@ def start_cell_run(cfg: MlflowConfig, cell: dict[str, Any], config_hash: str, ru
       (status back to RUNNING). Otherwise a new run starts.
     Other runs of the cell still RUNNING whose process is gone (killed before it could end its run) are marked
     KILLED first; a run whose process is alive on this machine raises EqsegError (the cell is being trained).
+    start_time: when the work began (time.time()), if before this call: a new run starts then, so that its
+      duration (end - start, what the UI shows and sorts by) spans the whole work, not only the logging after it.
     Also tags git_commit, git_dirty and the owning process. Returns mlflow's ActiveRun (fluent API: later
     log_params/log_metrics/log_artifacts/log_model/log_dataset/end_run write to it)."""
     import mlflow
@@ -500,7 +502,11 @@ def start_cell_run(cfg: MlflowConfig, cell: dict[str, Any], config_hash: str, ru
             active = retry(lambda: mlflow.start_run(run_id=resume), what=what)
             retry(lambda: mlflow.set_tags({OWNER_TAG: all_tags[OWNER_TAG]}), what=what)
             return active
-        return retry(lambda: mlflow.start_run(experiment_id=exp_id, run_name=run_name or key, tags=all_tags), what=what)
+        if start_time is None:
+            return retry(lambda: mlflow.start_run(experiment_id=exp_id, run_name=run_name or key, tags=all_tags), what=what)
+        created = retry(lambda: client.create_run(exp_id, start_time=int(start_time * 1000), tags=all_tags,
+                                                  run_name=run_name or key), what=what)
+        return retry(lambda: mlflow.start_run(run_id=created.info.run_id), what=what)
 
 
 def start_run(cfg: MlflowConfig, run_id: str | None, run_name: str, tags: dict[str, str]):
