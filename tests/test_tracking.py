@@ -278,7 +278,8 @@ def test_git_commit_is_unknown_only_outside_a_repository(tmp_path, monkeypatch):
     assert len(sha) == 40
     assert tracking.git_commit(repo) == sha and tracking.git_commit(repo / "src") == sha
     assert tracking.git_dirty(repo) == "false"
-    assert tracking.git_tags(repo) == {"git_commit": sha, "git_dirty": "false", "mlflow.source.git.commit": sha}
+    assert tracking.git_tags(repo) == {"git_commit": sha, "git_code_diff": "none", "git_dirty": "false",
+                                       "mlflow.source.git.commit": sha}
     (repo / "src" / "a.py").write_text("x = 2\n")
     assert tracking.git_dirty(repo) == "true"
     if os.geteuid() == 0:  # a repository git refuses to read is an error, not a silent "unknown"
@@ -287,6 +288,54 @@ def test_git_commit_is_unknown_only_outside_a_repository(tmp_path, monkeypatch):
             os.lchown(p, 12345, -1)
         with pytest.raises(EqsegError, match="dubious ownership"):
             tracking.git_commit(repo)
+
+
+def test_git_tags_tell_a_code_change_from_dvcs_params_rewrite(tmp_path, monkeypatch):
+    """DVC rewrites params.yaml (`exp run -S`) and writes dvc.lock, data and results before the user commits:
+    git_dirty is then always true, but git_code_diff stays "none" until the code itself changes, and names
+    the change by a hash (the same edit, the same hash), in the tags of the cell's MLflow run."""
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    repo = tmp_path / "repo"
+    (repo / "src" / "data").mkdir(parents=True)
+    (repo / "src" / "a.py").write_text("x = 1\n")
+    (repo / "src" / "data" / "b.py").write_text("y = 1\n")
+    (repo / "params.yaml").write_text("train: {lr: 0.003}\n")
+    (repo / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "one")
+    # what DVC and the pipeline do: params rewritten, a lock file, data and results written
+    (repo / "params.yaml").write_text("train: {lr: 0.001}\n")
+    (repo / "dvc.lock").write_text("schema: '2.0'\n")
+    (repo / "results").mkdir()
+    (repo / "results" / "m.json").write_text("{}")
+    (repo / "data").mkdir()
+    (repo / "data" / "x.csv").write_text("1\n")
+    tags = tracking.git_tags(repo / "src")
+    assert tags["git_dirty"] == "true" and tags["git_code_diff"] == "none"
+
+    (repo / "src" / "a.py").write_text("x = 2\n")  # a code change
+    first = tracking.git_code_diff(repo)
+    assert len(first) == 16 and first != "none" and tracking.git_code_diff(repo / "src") == first
+    (repo / "src" / "data" / "b.py").write_text("y = 2\n")  # src/eqseg/data is code, only the top data/ is not
+    second = tracking.git_code_diff(repo)
+    assert second not in ("none", first)
+    (repo / "src" / "new.py").write_text("z = 1\n")  # a new file that git does not ignore is code too
+    assert tracking.git_code_diff(repo) not in ("none", first, second)
+    (repo / "src" / "new.py").unlink()
+    assert tracking.git_code_diff(repo) == second  # the same edit, the same hash
+
+    monkeypatch.chdir(repo)  # the tags of a cell's run, as training writes them
+    cfg = cfg_for(tmp_path / "store")
+    run = tracking.start_cell_run(cfg, dict(stage="train", dataset="d", model="m", supervision="full", seed=0), "h")
+    tracking.end_run()
+    got = client_for(cfg).get_run(run.info.run_id).data.tags
+    assert got["git_code_diff"] == second and got["git_dirty"] == "true"
+    assert got["git_commit"] == _git(repo, "rev-parse", "HEAD")
+    (repo / "src" / "a.py").write_text("x = 1\n")
+    (repo / "src" / "data" / "b.py").write_text("y = 1\n")
+    assert tracking.git_code_diff(repo) == "none"
 
 
 # ------------------------------------------------------------------------------------- model, dataset, moved store
