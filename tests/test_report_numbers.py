@@ -104,3 +104,15 @@ def test_distill_gains_of_another_metric(tmp_path):
     gains = distill_gains(_table(), root=tmp_path, metric="dice_macro")
     assert len(gains) == 3
     assert (gains["diff"].abs().max(), gains["diff_lo"].abs().max(), gains["diff_hi"].abs().max()) == pytest.approx((0, 0, 0), abs=1e-12)
+
+
+def test_headline_metrics_are_the_mean_miou_per_test_set_and_cell():
+    """results/report/metrics.json, what `dvc exp show` and `dvc metrics diff` show: one mean per test set and cell."""
+    from eqseg.report import headline, summarise, wide
+
+    rows = _rows("sn", "sn", "unet", "full", 100, {0: 0.80, 1: 0.82}) + _rows("sn", "sn", "p4m_unet", "full", 100, {0: 0.70})
+    rows += _rows("sn", "ext", "unet", "full", 100, {0: 0.30, 1: 0.40})
+    got = headline(wide(summarise(pd.DataFrame(rows))))
+    assert got == {"mean_miou": {"unet": pytest.approx(0.81), "p4m_unet": 0.70},
+                   "test_miou": {"sn": {"unet_full_d4_b100": pytest.approx(0.81), "p4m_unet_full_d4_b100": 0.70},
+                                 "sn_on_ext": {"unet_full_d4_b100": pytest.approx(0.35)}}}

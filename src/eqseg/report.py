@@ -2,7 +2,8 @@
 
 Outputs in `results/report/`: `cells.csv` and `cells.parquet` (tidy: one row per trained cell and test set, every
 metric), `summary.csv` (per cell over seeds: mean, std, n, and for every model the paired difference to the `unet`
-of the same cell with its 95 % t interval), `report.md`, and plots with labelled axes: `miou.png` (test mIoU per
+of the same cell with its 95 % t interval), `metrics.json` (test mIoU per test set and cell: DVC's headline
+metrics), `report.md`, and plots with labelled axes: `miou.png` (test mIoU per
 model, variant and supervision), `budget.png` (mIoU against label budget), `external.png` (scores on other test
 sets, when grid.test_on is set), `equivariance.png` (rotation and reflection error per model), `distill.csv` (every NAME+distill student against
 its teacher, paired by seed; empty without grid.distill).
@@ -20,7 +21,7 @@ from eqseg import paths
 from eqseg.config import CLASSICAL_OPTIONS, DISTILL, Params
 from eqseg.errors import EqsegError
 from eqseg.stats import paired_t_interval, summarise as paired_summary
-from eqseg.utils.atomic import atomic_dir, check_replaceable
+from eqseg.utils.atomic import atomic_dir, check_replaceable, write_json
 
 KEYS = ("dataset", "testset", "model", "supervision", "variant", "budget", "seed")
 HEADLINE = ("miou_macro", "fwiou", "tta_miou_macro", "ap_macro", "dice_macro")
@@ -274,6 +275,21 @@ def selection_note(table: pd.DataFrame) -> str:
     return "Epoch selection (train.select): " + "; ".join(meaning.get(c, c) for c in chosen) + "."
 
 
+def headline(w: pd.DataFrame) -> dict:
+    """The few numbers `dvc exp show` and `dvc metrics diff` show (results/report/metrics.json), so that one screen
+    answers "did this change help?": mean_miou.<model>, the model's test mIoU averaged over its in-domain cells
+    (short names: columns of `dvc exp show`), and test_miou.<test set>.<model>_<supervision>_<variant>_b<budget>,
+    each cell's (mean over seeds; a test set from elsewhere, grid.test_on, is <dataset>_on_<test set>)."""
+    cells: dict[str, dict[str, float]] = {}
+    for r in w.to_dict("records"):
+        test = r["dataset"] if r["test_set"] == r["dataset"] else f"{r['dataset']}_on_{r['test_set']}"
+        cell = f"{r['model']}_{r['supervision']}_{r['variant']}_b{int(r['budget'])}"
+        cells.setdefault(test, {})[cell] = r.get("miou_macro")
+    own = w[w.dataset == w.test_set]
+    means = {m: float(part.miou_macro.mean()) for m, part in own.groupby("model", sort=False)}
+    return {"mean_miou": means, "test_miou": cells}
+
+
 def report(params: Params, out: Path) -> pd.DataFrame:
     check_replaceable(out)  # a folder eqseg did not write is refused before any work
     table = collect(params)
@@ -302,6 +318,7 @@ def report(params: Params, out: Path) -> pd.DataFrame:
         summary.to_csv(tmp / "summary.csv", index=False)
         gains.to_csv(tmp / "distill.csv", index=False)
         (tmp / "report.md").write_text(text)
+        write_json(tmp / "metrics.json", headline(w))
         plot_miou(w, tmp / "miou.png")
         plot_budget(w, tmp / "budget.png")
         plot_external(w, tmp / "external.png")
