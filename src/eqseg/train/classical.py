@@ -16,10 +16,11 @@ from eqseg.data import normalise as norm
 from eqseg.errors import EqsegError
 from eqseg.inference import ClassicalNet
 from eqseg.train.record import plot_history, weak_metrics, write_history
-from eqseg.train.validate import validation_for
+from eqseg.train.validate import undefined_reasons, validation_for
 from eqseg.models.checkpoint import ModelInfo, save_classical
 from eqseg.runtime import resolve_device
 from eqseg.tiling.store import TileStore
+from eqseg.utils import strictjson
 from eqseg.utils.atomic import atomic_dir, write_json
 
 
@@ -30,7 +31,7 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     pixel sample)."""
     from eqseg.data.cells import cell_train_ids, check_labels_match, load_labels
 
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()  # the MLflow run starts at `started`: it spans the fit
     options = dict(params.model_options(model_name))
     typed = CLASSICAL_OPTIONS[model_name].model_validate(options)
     store = TileStore(tiles)
@@ -72,7 +73,7 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     cell = dict(dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed)
     run = tracking.start_cell_run(params.mlflow, dict(stage="train", **cell), stable_hash(run_config | {"classical": True}),
                                   run_name=f"{dataset}/{model_name}/{sup.name}/{variant}/b{budget}/seed{seed}",
-                                  tags={k: str(v) for k, v in cell.items()} | {"classical": "true"})
+                                  tags={k: str(v) for k, v in cell.items()} | {"classical": "true"}, start_time=started)
     try:
         tracking.log_params(run_config)
         tracking.log_metrics(weak_metrics(quality) | summary)
@@ -81,8 +82,10 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
             write_json(tmp / "classical.json", {"info": info.model_dump(), "state": state})  # readable copy
             write_history(tmp / "history.csv", history)
             plot_history(tmp / "curves.png", history, title=f"{dataset} / {model_name} (fitted) / {sup.name} / seed {seed}")
-            (tmp / "config.json").write_text(json.dumps(run_config | {"summary": summary}, indent=2, default=str) + "\n")
-            (tmp / "run.json").write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": params.mlflow.tracking_uri}) + "\n")
+            (tmp / "config.json").write_text(strictjson.dumps(run_config | {"summary": summary},
+                undefined_reasons(validation) | {"final_train_loss": "a classical fit has no training loss"},
+                indent=2, default=str) + "\n")
+            (tmp / "run.json").write_text(strictjson.dumps({"run_id": run.info.run_id, "tracking_uri": params.mlflow.tracking_uri}) + "\n")
         tracking.log_artifacts([out / "classical.json", out / "config.json", out / "curves.png"])
         tracking.end_run()
     except BaseException:

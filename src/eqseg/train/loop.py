@@ -24,13 +24,14 @@ from eqseg.data.dataset import TileDataset
 from eqseg.errors import EqsegError
 from eqseg.data import normalise as norm
 from eqseg.train.record import plot_history, run_config_title, weak_metrics, write_history
-from eqseg.train.validate import Validation, selected_epoch, validation_for
+from eqseg.train.validate import Validation, selected_epoch, undefined_reasons, validation_for
 from eqseg.losses import build_loss
 from eqseg.models import build, count_macs, count_parameters
 from eqseg.models.checkpoint import ModelInfo, save_model
 from eqseg.tiling.store import TileStore
 from eqseg.train import distributed as ddp
 from eqseg.runtime import autocast, memory_format, resolve_device, resolve_precision, seed_everything, set_threads, to_device
+from eqseg.utils import strictjson
 from eqseg.utils.atomic import atomic_dir, atomic_file, check_replaceable
 
 log = logging.getLogger(__name__)
@@ -137,15 +138,16 @@ class MlflowObserver(Observer):
     """One MLflow run per grid cell; its id travels in the checkpoint, so a resumed training continues it, and a
     retry after a kill before the first checkpoint closes the dead run (KILLED) instead of leaving two."""
 
-    def __init__(self, params: Params, cell: dict, labels_dir: Path, quality: dict, tiles: Path):
+    def __init__(self, params: Params, cell: dict, labels_dir: Path, quality: dict, tiles: Path, started: float | None = None):
         self.params, self.cell, self.labels_dir, self.quality, self.tiles = params, cell, labels_dir, quality, tiles
+        self.started = started  # time.time() when the training began: a new run spans all of it
 
     def start(self, state: dict, run_config: dict, extra: dict, config_hash: str) -> None:
         c = self.cell
         run = tracking.start_cell_run(
             self.params.mlflow, dict(stage="train", **c), config_hash, run_id=state["run_id"],
             run_name=f"{c['dataset']}/{c['model']}/{c['supervision']}/{c['variant']}/b{c['budget']}/seed{c['seed']}",
-            tags={k: str(v) for k, v in c.items()},
+            tags={k: str(v) for k, v in c.items()}, start_time=self.started,
         )
         state["run_id"] = run.info.run_id
         if state["epoch"] == 0:
@@ -213,6 +215,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     """Train one grid cell; write model.pt, history.csv, config.json, run.json and curves.png into `out`.
     Under torchrun (train.nproc > 1) every rank trains; rank 0 alone writes and returns the summary, others {}.
     `observer` defaults to MLflow tracking (rank 0)."""
+    started = time.time()  # the cell's MLflow run starts here, so that its duration covers the whole training
     check_replaceable(out)  # before hours of training, not after
     if model_name in CLASSICAL_OPTIONS:
         from eqseg.train.classical import fit_classical
@@ -287,7 +290,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         log.warning("resuming %s from epoch %d (checkpoint %s)", out, state["epoch"], ckpt.path)
     state = state or dict(epoch=0, history=[], best_state=None, run_id=None)
     cell = dict(dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed)
-    observer = (observer or MlflowObserver(params, cell, labels_dir, quality, tiles)) if world.main else Observer()
+    observer = (observer or MlflowObserver(params, cell, labels_dir, quality, tiles, started)) if world.main else Observer()
     observer.start(state, run_config, {"n_params": n_params, "macs_per_tile": macs, "device": str(device), "processes": world.size},
                    ckpt.config_hash)
     try:
@@ -315,8 +318,8 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     with atomic_dir(out) as tmp:
         save_model(tmp / "model.pt", net, info)
         write_history(tmp / "history.csv", state["history"])
-        (tmp / "config.json").write_text(json.dumps(run_config | {"summary": summary}, indent=2, default=str) + "\n")
-        (tmp / "run.json").write_text(json.dumps({"run_id": state["run_id"], "tracking_uri": params.mlflow.tracking_uri}) + "\n")
+        (tmp / "config.json").write_text(strictjson.dumps(run_config | {"summary": summary}, undefined_reasons(validation), indent=2, default=str) + "\n")
+        (tmp / "run.json").write_text(strictjson.dumps({"run_id": state["run_id"], "tracking_uri": params.mlflow.tracking_uri}) + "\n")
         plot_history(tmp / "curves.png", state["history"], title=run_config_title(run_config))
     observer.finish(summary, [out / "model.pt", out / "history.csv", out / "config.json", out / "curves.png"], net, info)
     ckpt.remove()
