@@ -192,17 +192,41 @@ def test_snakemake_rules_quote_every_placeholder_and_capture_both_streams():
         assert cmd.endswith("> {log:q} 2>&1"), cmd
 
 
-@pytest.mark.parametrize("params_file", ["params.yaml", SMOKE])
+SHIPPED_PARAMS = ["params.yaml", SMOKE, *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("params_file", SHIPPED_PARAMS)
 def test_dvc_resolves_every_stage_of_the_shipped_params(params_file, tmp_path):
-    """Every key dvc.yaml interpolates (grid axes, test_on, distill, compare, slides) is in the file DVC reads."""
+    """Every key dvc.yaml interpolates (grid axes, test_on, distill, compare, slides) is in the file DVC reads, and
+    every parameter a resolved stage depends on is there too (DVC refuses to run a stage whose parameter is
+    missing, only when it reaches that stage: CI once failed an hour in on train.precision)."""
+    from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
     repo = copy_repo(tmp_path / "repo")
     shutil.copy(ROOT / params_file, repo / "params.yaml")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     run(["dvc", "init", "-q", "--no-scm"], cwd=repo)
+    missing = {}
     with Repo(str(repo)) as dvc:
-        names = {st.addressing.rsplit(":", 1)[-1].split("@")[0] for st in dvc.index.stages}
+        stages = list(dvc.index.stages)
+        for st in stages:
+            for dep in st.deps:
+                if isinstance(dep, ParamsDependency):
+                    absent = [key for key in dep.params if not has_key(params, key)]
+                    if absent:
+                        missing[st.addressing.rsplit(":", 1)[-1].split("@")[0]] = absent
+    names = {st.addressing.rsplit(":", 1)[-1].split("@")[0] for st in stages}
     assert {"tile", "weak", "train", "evaluate", "predict", "report"} <= names
+    assert not missing, f"{params_file} lacks parameters that dvc.yaml stages depend on: {missing}"
+
+
+def has_key(tree: dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def test_both_orchestrators_plan_teacher_pseudo_labels_and_student_for_grid_distill(tmp_path):
