@@ -38,16 +38,8 @@ BATCH, CHANNELS, SIZE, CLASSES = 8, 3, 128, 2
 def legacy_group_forward(self, x: torch.Tensor) -> torch.Tensor:
     """GUNet.forward before issue 19: the head run as its three modules."""
     from eqseg.models.gconv import GSequential
-    from eqseg.models.unet import check_tile_size
 
-    check_tile_size(x.shape[-2], x.shape[-1], self.depth)
-    skips = [self.down[0](x)]
-    for pool, block in zip(self.pools, self.down[1:]):
-        skips.append(block(pool(skips[-1])))
-    x = skips.pop()
-    for upsample, block in zip(self.ups, self.up):
-        x = block(torch.cat([upsample(x), skips.pop()], dim=1))
-    return GSequential.forward(self.head, x)
+    return GSequential.forward(self.head, self.features(x))
 
 
 def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format, device: torch.device, batch: int):

@@ -66,7 +66,8 @@ class GUNet(GModule):
             InvariantConv1x1(group, pooling.raw_out_channels(), num_classes),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's last group feature map, the head's input."""
         check_tile_size(x.shape[-2], x.shape[-1], self.depth)
         skips = [self.down[0](x)]
         for pool, block in zip(self.pools, self.down[1:]):
@@ -74,7 +75,10 @@ class GUNet(GModule):
         x = skips.pop()
         for upsample, block in zip(self.ups, self.up):
             x = block(torch.cat([upsample(x), skips.pop()], dim=1))
-        return self.head(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
     def export(self) -> UNet:
         """A baseline `UNet` of width fields*|G| holding the built filters, with this model's head (eval mode)."""
