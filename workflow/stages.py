@@ -227,7 +227,7 @@ def stages() -> list[Stage]:
               comment="pairs of trained cells (params `compare:`): CKA heat map and D4 invariance profiles",
               cmd=(f"eqseg compare --params params.yaml --entry ${{item.name}} --out {compare}",),
               deps=("results/models/${item.dataset}", paths.TILES.format(dataset="${item.dataset}")),
-              params=("compare", "normalise"), outs=(compare,)),
+              params=("compare", "normalise", "evaluate.device"), outs=(compare,)),
     ]
 
 
