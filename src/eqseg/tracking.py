@@ -544,17 +544,6 @@ def start_cell_run(cfg: MlflowConfig, cell: dict[str, Any], config_hash: str, ru
         return retry(lambda: mlflow.start_run(run_id=created.info.run_id), what=what)
 
 
-def start_run(cfg: MlflowConfig, run_id: str | None, run_name: str, tags: dict[str, str]):
-    """Start a new run, or reopen `run_id`. Kept for older callers: prefer start_cell_run (training, digits) and
-    log_to_run (evaluation, prediction), which never leave a run RUNNING or duplicated."""
-    import mlflow
-
-    experiment_id = setup(cfg)
-    if run_id:
-        return retry(lambda: mlflow.start_run(run_id=run_id))
-    return retry(lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags))
-
-
 def _clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and math.isfinite(float(v))}
