@@ -24,7 +24,8 @@ LAYERS = (
     ("weak",),
     ("tiling", "slides"),  # one layer: tiling opens slides as sources, slides implement the tiling Source protocol
     ("models", "metrics", "stats"),
-    ("config", "runtime", "labels", "paths", "utils"),
+    ("config", "runtime", "labels", "paths"),
+    ("utils",),  # atomic outputs, strict JSON, options, processes and CPUs: below all of eqseg but its errors
     ("errors",),
 )
 

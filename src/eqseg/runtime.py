@@ -9,13 +9,13 @@ AMX-BF16), fp32 otherwise: on a CPU without them bf16 is emulated and slower tha
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
 import torch
 
 from eqseg.errors import EqsegError
+from eqseg.utils.process import usable_cpus
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,7 +34,7 @@ def set_threads(threads: int, num_workers: int, processes: int = 1) -> None:
     """On a small CPU, loader workers and torch threads compete: leave each worker a core (cores shared by
     `processes` training processes on one machine)."""
     if threads <= 0:
-        threads = max(1, (os.cpu_count() or 1) // processes - num_workers)
+        threads = max(1, usable_cpus() // processes - num_workers)
     torch.set_num_threads(threads)
 
 

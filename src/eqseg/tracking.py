@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlparse
 
 from eqseg.config import MlflowConfig
 from eqseg.errors import EqsegError
+from eqseg.utils.process import pid_alive
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -451,13 +452,7 @@ def _owner_alive(owner: str) -> bool:
         return False  # an earlier run of this process that was never ended
     if start not in ("", "?") and Path("/proc").is_dir():
         return _start_time(pid) == start  # a zombie or a new process with the same pid do not match
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def cell_key(cell: dict[str, Any]) -> str:

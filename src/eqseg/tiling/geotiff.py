@@ -5,7 +5,6 @@ per strip from vector shapes (loaded by eqseg.tiling.vector) already in the rast
 from __future__ import annotations
 
 import bisect
-import os
 import threading
 import warnings
 import weakref
@@ -24,6 +23,7 @@ from rasterio.errors import RasterioIOError
 from eqseg.errors import EqsegError
 from eqseg.labels import IGNORE
 from eqseg.tiling.protocol import SourceDefaults, TileRead, require_file
+from eqseg.utils.process import usable_cpus
 
 STRIP_BYTES = 256 * 2**20  # most pixel bytes one cached strip may hold; wider rasters are read in column chunks
 GDAL_CACHE_BYTES = 32 * 2**20  # GDAL's block cache while reading strips: whole blocks are read once, caching them
@@ -48,11 +48,6 @@ class Strip:
     @property
     def row1(self) -> int:
         return self.row0 + self.valid.shape[0]
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def decode_threads() -> int:

@@ -36,7 +36,8 @@ from eqseg.errors import EqsegError
 from eqseg.labels import IGNORE
 from eqseg.tiling import grid, npy
 from eqseg.tiling.meta import StoreMeta
-from eqseg.tiling.geotiff import GeoSource, open_raster, usable_cpus
+from eqseg.tiling.geotiff import GeoSource, open_raster
+from eqseg.utils.process import usable_cpus
 from eqseg.tiling.protocol import Source
 from eqseg.tiling.registry import open_sources, source_names
 from eqseg.utils.atomic import atomic_dir, write_json

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from eqseg.errors import EqsegError
+from eqseg.utils.process import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +61,6 @@ def _legacy_pattern(name: str) -> re.Pattern:
     return re.compile(rf"^\.{re.escape(name)}\.(?:tmp-[a-z0-9_]{{8}}(?:\.[^/]*)?|old-(?P<pid>\d+))$")
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process with this id runs on this host (a zombie counts as dead; another user's as alive)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
-
-
 def remove_leftovers(target: str | Path) -> list[Path]:
     """Delete `.{name}.tmp-*` / `.{name}.old-*` beside `target` left by killed runs of this host; return them."""
     target = Path(target)
@@ -88,14 +72,14 @@ def remove_leftovers(target: str | Path) -> list[Path]:
         m = pattern.match(entry.name)
         if not m:
             old = legacy.match(entry.name)
-            if old and old["pid"] and not _alive(int(old["pid"])):
+            if old and old["pid"] and not pid_alive(int(old["pid"])):
                 m = old  # `.{name}.old-{pid}` of an eqseg before host names: its pid is enough
             elif old:
                 unknown.append(entry.name)
                 continue
             else:
                 continue
-        elif m["host"] != host or _alive(int(m["pid"])):
+        elif m["host"] != host or pid_alive(int(m["pid"])):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
