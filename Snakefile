@@ -3,7 +3,7 @@
 # path in a shell command is quoted ({...:q}), every log takes the command's stdout and stderr.
 import sys
 
-from eqseg.config import load_params
+from eqseg.config import NAME_PATTERN, SUPERVISION_PATTERN, VARIANTS, load_params
 from eqseg.errors import EqsegError
 from eqseg import paths
 
@@ -16,18 +16,16 @@ try:
 except EqsegError as err:
     sys.exit(f"eqseg: error: {err}")
 
-# Names become path components: one path segment of safe characters, never "..", "/" or shell syntax.
-NAME = r"[A-Za-z0-9_][A-Za-z0-9_.+-]*"
-
-
+# Names become path components: one path segment of safe characters, never "/" or shell syntax (eqseg.config
+# checks them, ".." included, when it loads params; these are its patterns).
 wildcard_constraints:
-    dataset=NAME,
-    model=NAME,
-    supervision=NAME,
-    group=NAME,
-    testset=NAME,
-    name=NAME,
-    variant=r"none|d4|consistency",
+    dataset=NAME_PATTERN,
+    model=NAME_PATTERN,
+    supervision=SUPERVISION_PATTERN,
+    group=NAME_PATTERN,
+    testset=NAME_PATTERN,
+    name=NAME_PATTERN,
+    variant="|".join(VARIANTS),
     budget=r"\d+",
     seed=r"\d+",
 

@@ -37,6 +37,31 @@ def test_loading_params_imports_neither_torch_nor_the_domain(root):
     assert out.strip() == "['eqseg.config', 'eqseg.errors']", out
 
 
+def test_snakemake_wildcards_are_the_names_eqseg_checks(root):
+    """The Snakefile constrains its name wildcards with eqseg.config's patterns (imported, not rewritten), and these
+    match every cell of the shipped params files."""
+    import re
+
+    from eqseg.config import NAME_PATTERN, SUPERVISION_PATTERN, VARIANTS, load_params
+
+    block = (root / "Snakefile").read_text().split("wildcard_constraints:", 1)[1].split("\n\n", 1)[0]
+    constraints = dict(line.strip().rstrip(",").split("=", 1) for line in block.strip().splitlines())
+    assert constraints == {**dict.fromkeys(("dataset", "model", "group", "testset", "name"), "NAME_PATTERN"),
+                           "supervision": "SUPERVISION_PATTERN", "variant": '"|".join(VARIANTS)',
+                           "budget": 'r"\\d+"', "seed": 'r"\\d+"'}
+    files = [root / "params.yaml", root / "tests/smoke/params.yaml", *sorted((root / "configs").glob("*.yaml"))]
+    for f in files:
+        p = load_params(f)
+        for cell in p.evaluations():
+            for key in ("dataset", "model", "testset"):
+                assert re.fullmatch(NAME_PATTERN, cell[key]), (f.name, key, cell[key])
+            assert re.fullmatch(SUPERVISION_PATTERN, cell["supervision"]), (f.name, cell["supervision"])
+            assert cell["variant"] in VARIANTS
+        for name in [*p.slides, *(c.name for c in p.compare)]:
+            assert re.fullmatch(NAME_PATTERN, name), (f.name, name)
+    assert not re.fullmatch(SUPERVISION_PATTERN, "points/../x") and not re.fullmatch(NAME_PATTERN, "+distill")
+
+
 def test_import_layers():
     grimp = pytest.importorskip("grimp")
     graph = grimp.build_graph("eqseg", cache_dir=None)

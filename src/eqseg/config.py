@@ -25,7 +25,11 @@ class _Strict(BaseModel):
 
 # Names from params become folder names, Snakemake wildcards, DVC matrix keys and shell words: letters, digits and
 # _ . - only (no separators, no "..", nothing a shell interprets), starting with a letter or digit.
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# The Snakefile's wildcard constraints are these patterns (imported from here).
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"
+NAME = re.compile(NAME_PATTERN)
+# A supervision: names joined by "+" (a weak kind, then optionally its expansion, then optionally +distill)
+SUPERVISION_PATTERN = rf"{NAME_PATTERN}(?:\+{NAME_PATTERN})*"
 
 
 def check_name(what: str | None, name: str) -> str:
