@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, copy_repo, run, tool_env
+from eqseg import paths
 
 SMOKE = "tests/smoke/params.yaml"
 # the smoke grid: 2 datasets x 2 models, full labels, d4 augmentation, a 50 % label budget, seed 0; the
@@ -27,7 +28,7 @@ EXTERNAL = [("cpm15_slides", m, "full", 0, "cpm15") for m in ("unet", "p4m_unet"
 
 
 def cell(d: str, m: str, s: str, seed: int) -> str:
-    return f"{d}/{m}/{s}/d4/b50/seed{seed}"
+    return paths.CELL.format(dataset=d, model=m, supervision=s, variant="d4", budget=50, seed=seed)
 
 
 def model_dir(d, m, s, seed) -> str:

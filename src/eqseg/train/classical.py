@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eqseg import classical, tracking
+from eqseg import classical, paths, tracking
 from eqseg.config import CLASSICAL_OPTIONS, Params, stable_hash
 from eqseg.data import normalise as norm
 from eqseg.errors import EqsegError
@@ -72,7 +72,7 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
                       normalise=params.normalise.mode, n_train_tiles=len(ids), n_val_tiles=len(val_ids), tiles=str(tiles))
     cell = dict(dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed)
     run = tracking.start_cell_run(params.mlflow, dict(stage="train", **cell), stable_hash(run_config | {"classical": True}),
-                                  run_name=f"{dataset}/{model_name}/{sup.name}/{variant}/b{budget}/seed{seed}",
+                                  run_name=paths.CELL.format(**cell),
                                   tags={k: str(v) for k, v in cell.items()} | {"classical": "true"}, start_time=started)
     try:
         tracking.log_params(run_config)

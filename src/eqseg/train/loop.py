@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from eqseg import tracking
+from eqseg import paths, tracking
 from eqseg.config import CLASSICAL_OPTIONS, Params, stable_hash
 from eqseg.data.cells import cell_train_ids, check_labels_match, load_labels
 from eqseg.data.dataset import TileDataset
@@ -146,7 +146,7 @@ class MlflowObserver(Observer):
         c = self.cell
         run = tracking.start_cell_run(
             self.params.mlflow, dict(stage="train", **c), config_hash, run_id=state["run_id"],
-            run_name=f"{c['dataset']}/{c['model']}/{c['supervision']}/{c['variant']}/b{c['budget']}/seed{c['seed']}",
+            run_name=paths.CELL.format(**c),
             tags={k: str(v) for k, v in c.items()}, start_time=self.started,
         )
         state["run_id"] = run.info.run_id
