@@ -50,12 +50,6 @@ def load_trained(model_dir, device) -> tuple[torch.nn.Module, ModelInfo]:
     return load_model(path, device)
 
 
-def tile_sources(store: TileStore, ids: np.ndarray) -> list[str]:
-    """The source of each tile (for per-source normalisation)."""
-    by_id = store.index.set_index("tile_id").source
-    return [by_id[int(i)] for i in ids]
-
-
 def stain_of(info: ModelInfo):
     """The model's stain normaliser (None without one)."""
     if not info.stain:
@@ -67,7 +61,7 @@ def stain_of(info: ModelInfo):
 
 def normaliser_for(mode: str, info: ModelInfo, store: TileStore, ids: np.ndarray) -> norm.Normaliser:
     """The recorded normalisation of the tiles `ids` of `store` for a model (shared by evaluate and predict)."""
-    sources = sorted(set(tile_sources(store, ids))) if mode == "image" else None
+    sources = store.sources(ids, distinct=True) if mode == "image" else None
     return norm.for_store(mode, (info.band_mean, info.band_std), store, sources, stain=stain_of(info))
 
 
@@ -104,7 +98,7 @@ def adapt_to_store(model, store: TileStore, ids: np.ndarray, normaliser: Normali
 
 def normalised_tiles(store: TileStore, ids: np.ndarray, normaliser: Normaliser) -> np.ndarray:
     ids = np.asarray(ids)
-    return normaliser(store.images[ids], tile_sources(store, ids) if normaliser.mode == "image" else None)
+    return normaliser(store.images[ids], store.sources(ids) if normaliser.mode == "image" else None)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from eqseg.data.normalise import Normaliser
 from eqseg.errors import EqsegError
 from eqseg.labels import IGNORE
 from eqseg.models.groups import D4
-from eqseg.tiling.store import TileStore
+from eqseg.tiling.store import TileStore, tile_rows
 
 
 class TileDataset(Dataset):
@@ -30,16 +30,16 @@ class TileDataset(Dataset):
                  normaliser: Normaliser | None = None):
         self.images = store.images
         self.normaliser = normaliser or Normaliser("train", store.meta.band_mean, store.meta.band_std)
-        self.sources = store.index.set_index("tile_id").source if self.normaliser.mode == "image" else None
+        self.sources = store.source_of if self.normaliser.mode == "image" else None
         self.ids = np.asarray(ids)
         if labels is None:
             self.labels, self.rows = store.masks, self.ids
         else:
-            row_of = {int(t): r for r, t in enumerate(label_ids)}
-            missing = [int(t) for t in self.ids if int(t) not in row_of]
+            rows = tile_rows(label_ids, self.ids)
+            missing = self.ids[rows < 0].astype(np.int64).tolist()
             if missing:
                 raise EqsegError(f"weak labels do not cover train tiles {missing[:5]}: re-run `eqseg weak` for this tile store")
-            self.labels, self.rows = labels, np.array([row_of[int(t)] for t in self.ids])
+            self.labels, self.rows = labels, rows
         self.tag_mode = self.labels.ndim == 2
         self.size = store.images.shape[-1]
         self.augment = augment

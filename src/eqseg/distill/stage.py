@@ -25,7 +25,7 @@ from eqseg.errors import EqsegError
 from eqseg.inference import load_trained, normaliser_for, tile_logits
 from eqseg.labels import IGNORE
 from eqseg.runtime import resolve_device, resolve_precision
-from eqseg.tiling.store import TileStore
+from eqseg.tiling.store import TileStore, tile_rows
 from eqseg.utils.atomic import atomic_dir, check_outputs_apart, check_replaceable, write_json
 from eqseg.weak.quality import label_counts, summarise
 
@@ -60,8 +60,8 @@ def make_pseudo_stage(params: Params, model_dir: Path, tiles: Path, labels_dir: 
     labelled = select_train_ids(store, params.train.max_train_tiles, cell["seed"], cell["budget"])  # the teacher's
     others = select_train_ids(store, params.train.max_train_tiles, cell["seed"], 100)
     ids = np.union1d(labelled, others).astype(np.int64)
-    row_of = {int(t): r for r, t in enumerate(given_ids)}
-    absent = [int(t) for t in labelled if int(t) not in row_of]
+    given_row = tile_rows(given_ids, ids)  # of each tile of ids: its row in the given labels, -1 for none
+    absent = labelled[tile_rows(given_ids, labelled) < 0].astype(np.int64).tolist()
     if absent:
         raise EqsegError(f"{labels_dir}: no labels for the teacher's train tiles {absent[:5]}; re-run `eqseg weak`")
     tags = np.asarray(given).ndim == 2
@@ -71,22 +71,20 @@ def make_pseudo_stage(params: Params, model_dir: Path, tiles: Path, labels_dir: 
     out_labels = np.full((len(ids), *store.masks.shape[1:]), IGNORE, dtype=np.uint8)
     counts = {k: np.zeros(3, np.int64) for k in ("given", "pseudo", "union")}
     open_pixels = 0
-    position = {int(t): i for i, t in enumerate(ids)}
     precision = resolve_precision(params.train.precision, device)
     for batch, logits in tile_logits(model, store, ids, cfg.batch_size, device, normaliser, precision, tta=cfg.tta):
         probs = torch.softmax(logits, dim=1).cpu().numpy()
         masks, valids = store.scored_masks(batch), np.asarray(store.valid[batch])
-        for t, p, mask, valid in zip(batch, probs, masks, valids):
-            t = int(t)
-            known = t in labelled_set
-            row = np.asarray(given[row_of[t]]) if known else None
+        for t, at, p, mask, valid in zip(batch, tile_rows(ids, batch), probs, masks, valids):
+            known = int(t) in labelled_set
+            row = np.asarray(given[given_row[at]]) if known else None
             if tags or not known:
                 tile_given = np.full(mask.shape, IGNORE, np.uint8)
             else:
                 tile_given = row
             allowed = row.astype(bool) if tags and known else None
             result = fill_confident(tile_given, p, valid, cfg.threshold, allowed)
-            out_labels[position[t]] = result
+            out_labels[at] = result
             open_pixels += int(np.count_nonzero((mask != IGNORE) & (tile_given == IGNORE)))
             counts["given"] += label_counts(tile_given, mask)
             counts["pseudo"] += label_counts(np.where(tile_given == IGNORE, result, IGNORE), mask)

@@ -524,3 +524,28 @@ class TileStore:
 
     def ids(self, split: str) -> np.ndarray:
         return self.index.loc[self.index.split == split, "tile_id"].to_numpy()
+
+    @cached_property
+    def source_of(self) -> np.ndarray:
+        """The source name of every tile, indexed by tile id (an object array)."""
+        index = self.index
+        names = np.empty(int(index.tile_id.max()) + 1 if len(index) else 0, dtype=object)
+        names[index.tile_id.to_numpy()] = index.source.to_numpy()
+        return names
+
+    def sources(self, ids, distinct: bool = False) -> list[str]:
+        """The source of each tile of `ids`, in their order; distinct: the sorted names of the sources they are from."""
+        names = self.source_of[np.asarray(ids, dtype=np.int64)].tolist()
+        return sorted(set(names)) if distinct else names
+
+
+def tile_rows(row_ids, ids) -> np.ndarray:
+    """The row of each tile of `ids` in arrays whose rows hold the tiles `row_ids` (in any order, as weak labels and
+    their ids.npy): int64, -1 for a tile they do not hold."""
+    row_ids = np.asarray(row_ids, dtype=np.int64).ravel()
+    ids = np.asarray(ids, dtype=np.int64)
+    if not row_ids.size:
+        return np.full(ids.shape, -1, np.int64)
+    order = np.argsort(row_ids, kind="stable")
+    rows = order[np.minimum(np.searchsorted(row_ids, ids, sorter=order), row_ids.size - 1)]
+    return np.where(row_ids[rows] == ids, rows, -1)

@@ -19,7 +19,7 @@ from eqseg.train.record import plot_history, weak_metrics, write_history
 from eqseg.train.validate import undefined_reasons, validation_for
 from eqseg.models.checkpoint import ModelInfo, save_classical
 from eqseg.runtime import resolve_device
-from eqseg.tiling.store import TileStore
+from eqseg.tiling.store import TileStore, tile_rows
 from eqseg.utils import strictjson
 from eqseg.utils.atomic import atomic_dir, write_json
 
@@ -45,9 +45,8 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     ids = cell_train_ids(store, label_ids, sup.distill, cap, seed, budget)
     if len(ids) > cap:  # a student's tiles: a seeded sample of them
         ids = np.sort(np.random.default_rng(seed).choice(ids, cap, replace=False))
-    row_of = {int(t): r for r, t in enumerate(label_ids)}
     images = [np.asarray(store.images[i]) for i in ids]
-    masks = [np.asarray(labels[row_of[int(i)]]) for i in ids]
+    masks = [np.asarray(labels[r]) for r in tile_rows(label_ids, ids)]  # the cell's tiles all have labels
     method_options = typed.model_dump(exclude={"max_fit_tiles"})
     state = classical.fit(model_name, images, masks, meta.classes, seed=seed, **method_options)
     # one fit, nothing to select: the validation score is a record, scored with the cell's own labels as networks are
@@ -60,7 +59,7 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     val_ids = validation.ids
     device = resolve_device("cpu")
     normaliser = norm.for_store(params.normalise.mode, (meta.band_mean, meta.band_std), store,
-                                sorted(set(store.index.loc[store.index.tile_id.isin(val_ids), "source"])) if params.normalise.mode == "image" else None)
+                                store.sources(val_ids, distinct=True) if params.normalise.mode == "image" else None)
     val = validation.score(ClassicalNet(state, meta.num_classes), store, params.evaluate.batch_size, device, normaliser,
                            precision="fp32")
     seconds = time.perf_counter() - t0

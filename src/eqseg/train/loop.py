@@ -262,9 +262,9 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
         stain = StainNormaliser.fit(params.normalise.stain, reference_tiles(store, train_ids, seed=seed))
         train_stats = norm.stained_statistics(store, train_ids, stain)
     ds = TileDataset(store, train_ids, augment=augment, seed=seed, labels=labels, label_ids=label_ids,
-                     normaliser=norm.for_store(mode, train_stats, store, _sources(store, train_ids) if mode == "image" else None,
+                     normaliser=norm.for_store(mode, train_stats, store, store.sources(train_ids, distinct=True) if mode == "image" else None,
                                                stain=stain))
-    val_normaliser = norm.for_store(mode, train_stats, store, _sources(store, val_ids) if mode == "image" else None,
+    val_normaliser = norm.for_store(mode, train_stats, store, store.sources(val_ids, distinct=True) if mode == "image" else None,
                                     stain=stain)
     loss_fn = build_loss(loss_spec)
     run_config = dict(
@@ -325,6 +325,3 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     ckpt.remove()
     return summary
 
-
-def _sources(store: TileStore, ids: np.ndarray) -> list[str]:
-    return sorted(set(store.index.loc[store.index.tile_id.isin(ids), "source"]))

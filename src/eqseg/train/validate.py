@@ -20,7 +20,7 @@ from eqseg.errors import EqsegError
 from eqseg.inference import confusion_on, predict_tiles
 from eqseg.labels import IGNORE
 from eqseg.metrics import scores
-from eqseg.tiling.store import TileStore
+from eqseg.tiling.store import TileStore, tile_rows
 
 NAN = float("nan")
 
@@ -38,7 +38,7 @@ class Validation:
 
     def _rows(self, sel: np.ndarray) -> np.ndarray:
         """Rows of `own` for the tiles `sel` (own is in the order of the sorted ids)."""
-        return np.searchsorted(self.ids, sel)
+        return tile_rows(self.ids, sel)
 
     @property
     def record(self) -> dict:
