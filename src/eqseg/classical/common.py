@@ -9,7 +9,7 @@ import numpy as np
 from scipy.cluster.vq import kmeans2, vq
 
 from eqseg.errors import EqsegError
-from eqseg.labels import IGNORE  # noqa: F401  (re-exported to the classical methods)
+from eqseg.labels import IGNORE
 
 
 def check_image(image, where: str) -> np.ndarray:
@@ -22,7 +22,7 @@ def check_image(image, where: str) -> np.ndarray:
 
 
 def check_training(images: Sequence, masks: Sequence, classes: Sequence[str], where: str):
-    if not classes or len(classes) > 255:
+    if not classes or len(classes) > IGNORE:  # class ids stay below IGNORE
         raise EqsegError(f"{where}: classes must list 1..255 class names (got {len(classes or [])})")
     if len(images) != len(masks) or not images:
         raise EqsegError(f"{where}: need at least one train image and one mask per image "

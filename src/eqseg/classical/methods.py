@@ -49,7 +49,7 @@ from skimage.segmentation import felzenszwalb as skimage_felzenszwalb
 from skimage.segmentation import watershed as skimage_watershed
 
 from eqseg.classical.common import (
-    _macro_iou, band_stats, check_image, check_training, contingency, features, fit_kmeans, fit_mapping, nearest,
+    IGNORE, _macro_iou, band_stats, check_image, check_training, contingency, features, fit_kmeans, fit_mapping, nearest,
     region_means,
 )
 from eqseg.errors import EqsegError
@@ -218,7 +218,7 @@ def watershed_fit(images, masks, classes, seed: int = 0, **params) -> dict:
     data, params, norm = _prepare("watershed", images, masks, classes, WATERSHED, params)
     otsu = _fit_otsu(data, classes, norm)
     if otsu["side_classes"][0] != otsu["side_classes"][1]:
-        freq = sum(np.bincount(m[m != 255].ravel(), minlength=len(classes)) for _, m in data)
+        freq = sum(np.bincount(m[m != IGNORE].ravel(), minlength=len(classes)) for _, m in data)
         object_side = int(np.argmin([freq[c] for c in otsu["side_classes"]]))
     else:
         sizes = sum(np.bincount(_otsu_sides(im, otsu["band"], norm, otsu["threshold"]).ravel(), minlength=2)

@@ -138,7 +138,7 @@ def predict_source(
     progress = tqdm(total=len(rows) * len(cols), desc=f"predict {source.name}", unit="window", disable=None, leave=False)
     # A small GDAL block cache: written rows of blocks go to the file at once instead of piling up in memory.
     with progress, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), atomic_file(out) as tmp, _proba_target(proba_out) as tmp_p:
-        maps = GeoTiffRowWriter(tmp, **profile(H, W, 1, "uint8", source.crs, transform, 255))
+        maps = GeoTiffRowWriter(tmp, **profile(H, W, 1, "uint8", source.crs, transform, IGNORE))
         probs_w = GeoTiffRowWriter(tmp_p, **profile(H, W, K, cfg.probabilities, source.crs, transform,
                                              None if cfg.probabilities == "uint8" else float("nan"))) if tmp_p else None
         _describe_output(maps.dataset, source, classes)
@@ -231,8 +231,8 @@ def _proba_target(path: Path | None):
 
 def _describe_output(ds, source, classes: list[str]) -> None:
     """Class names, a colour table and, for slides, the pixel size in the resolution tags."""
-    ds.update_tags(classes=",".join(classes), nodata_meaning="255: nodata, not predicted (no tissue on slides)")
-    ds.write_colormap(1, {k: (*rgb, 255) for k, rgb in enumerate(class_colours(len(classes)))} | {255: (0, 0, 0, 0)})
+    ds.update_tags(classes=",".join(classes), nodata_meaning=f"{IGNORE}: nodata, not predicted (no tissue on slides)")
+    ds.write_colormap(1, {k: (*rgb, 255) for k, rgb in enumerate(class_colours(len(classes)))} | {IGNORE: (0, 0, 0, 0)})
     mpp = source.mpp
     if mpp:
         ppcm = f"{1e4 / mpp:.6f}"
@@ -339,7 +339,7 @@ def source_normaliser(mode: str, info: ModelInfo, source, tiles: Path | None) ->
         for c in grid.tile_origins(source.width, S, 0):
             rd = source.read_tile(r, c, S, source.height, source.width)
             if rd.valid_fraction > 0:
-                valid = rd.valid if rd.valid is not None else rd.mask != 255
+                valid = rd.valid if rd.valid is not None else rd.mask != IGNORE
                 sums += norm.pixel_sums(rd.image[None], valid[None])
     return norm.for_source_pixels(mode, stats, source.name, sums)
 

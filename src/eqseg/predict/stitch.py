@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from eqseg.labels import IGNORE
+
 
 def ramp(size: int, overlap: int) -> np.ndarray:
     """1-D weights: a raised-cosine ramp over `overlap` pixels at both ends, 1 in between, never 0."""
@@ -43,7 +45,7 @@ class RowBand:
         self.weights = window_weights(size, overlap)
         self.acc = np.zeros((num_classes, size, width), dtype=np.float32)
         self.wsum = np.zeros((size, width), dtype=np.float32)
-        self.labels = np.full((size, width), 255, dtype=np.uint8)
+        self.labels = np.full((size, width), IGNORE, dtype=np.uint8)
 
     def add(self, col: int, probs: np.ndarray | None, labels: np.ndarray, valid: np.ndarray | None) -> None:
         """One window at `col` of the current row: probabilities (K, S, S), or None for a skipped window; `valid`
@@ -63,10 +65,10 @@ class RowBand:
         missing = wsum <= 0
         probs = self.acc[:, :n] / np.maximum(wsum, 1e-12)
         classes = probs.argmax(axis=0).astype(np.uint8)
-        classes[missing] = 255  # skipped (background of a slide), nodata of a scene, or padding
+        classes[missing] = IGNORE  # skipped (background of a slide), nodata of a scene, or padding
         probs[:, missing] = 0
         labels = self.labels[:n].copy()
-        for a, empty in ((self.acc, 0), (self.wsum, 0), (self.labels, 255)):
+        for a, empty in ((self.acc, 0), (self.wsum, 0), (self.labels, IGNORE)):
             a[..., : self.size - n, :] = a[..., n:, :]
             a[..., self.size - n :, :] = empty
         return classes, probs, labels, missing
