@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from eqseg.errors import EqsegError
-from eqseg.weak import KINDS, annotate, expand, generate
+from eqseg.weak import LABEL_KINDS, annotate, expand, generate
 from eqseg.weak.generators import objects
 from eqseg.weak.quality import label_quality
 from eqseg.weak.store import make_weak_labels, tag_matrix
@@ -286,6 +286,6 @@ def test_bad_options_fail_with_one_line(call, message):
 
 def test_every_kind_is_reachable_through_generate(cpm):
     _, masks = cpm
-    for kind in KINDS:
+    for kind in LABEL_KINDS:
         out = generate(masks if kind == "partial" else masks[0], kind, seed=0)
         assert out.dtype == np.uint8

@@ -396,15 +396,15 @@ class Supervision:
 
 def parse_supervision(name: str) -> Supervision:
     """Parse and check a supervision name (ValueError with one line if unknown); the one parser in eqseg."""
-    KINDS, METHODS = tuple(WEAK_KINDS), tuple(EXPANSIONS)
+    kinds, methods = tuple(WEAK_KINDS), tuple(EXPANSIONS)
     name = str(name)
     distill = name.endswith(DISTILL)
     kind, _, expansion = name.removesuffix(DISTILL).partition("+")
-    if kind != "full" and kind not in KINDS:
-        raise ValueError(f"unknown supervision {name!r} (allowed: full, {', '.join(KINDS)}, optionally +expansion, "
+    if kind != "full" and kind not in kinds:
+        raise ValueError(f"unknown supervision {name!r} (allowed: full, {', '.join(kinds)}, optionally +expansion, "
                          "then optionally +distill)")
-    if expansion and (expansion not in METHODS or expansion == "none"):
-        raise ValueError(f"unknown expansion in {name!r} (allowed: {', '.join(m for m in METHODS if m != 'none')}; "
+    if expansion and (expansion not in methods or expansion == "none"):
+        raise ValueError(f"unknown expansion in {name!r} (allowed: {', '.join(m for m in methods if m != 'none')}; "
                          "+distill goes last)")
     if expansion and kind in ("full", "tags", "partial"):
         raise ValueError(f"supervision {name!r}: {kind} labels cannot be expanded")

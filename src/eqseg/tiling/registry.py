@@ -1,5 +1,5 @@
 """The one place a dataset configuration becomes its sources: `open_sources(cfg, root)`, `source_names(cfg, root)` and
-`open_source(cfg, name, root)` dispatch on the dataset's `kind` (pairs, geotiff, slide) through one table (`KINDS`);
+`open_source(cfg, name, root)` dispatch on the dataset's `kind` (pairs, geotiff, slide) through one table (`DATASET_KINDS`);
 nothing else needs to know which kinds exist. Every source implements eqseg.tiling.protocol.Source.
 """
 
@@ -70,7 +70,7 @@ def _open_slides(cfg, root: Path, only: str | None) -> list:
     return open_slides(cfg, root)
 
 
-KINDS: dict[str, _Kind] = {
+DATASET_KINDS: dict[str, _Kind] = {  # dataset kind -> how to name and open its sources
     "pairs": _Kind(_pair_names, _open_pairs),
     "geotiff": _Kind(_scene_names, _open_scenes),
     "slide": _Kind(_slide_names, _open_slides),
@@ -79,9 +79,9 @@ KINDS: dict[str, _Kind] = {
 
 def _kind(cfg) -> _Kind:
     kind = getattr(cfg, "kind", None)  # any dataset configuration: its `kind` field is the discriminator
-    if kind not in KINDS:
-        raise EqsegError(f"dataset kind {kind!r} has no sources (kinds: {sorted(KINDS)})")
-    return KINDS[kind]
+    if kind not in DATASET_KINDS:
+        raise EqsegError(f"dataset kind {kind!r} has no sources (kinds: {sorted(DATASET_KINDS)})")
+    return DATASET_KINDS[kind]
 
 
 def source_names(cfg, root: Path = Path(".")) -> list[str]:

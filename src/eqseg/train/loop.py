@@ -91,9 +91,10 @@ def train_one_epoch(model, loader, loss_fn, optimiser, scaler, device, precision
 
 
 @dataclass
-class Checkpoint:
-    """What survives a kill: weights, optimiser, scheduler and scaler states and the training record. Saved every
-    epoch beside the output folder, loaded with `weights_only=True` (tensors and plain containers only)."""
+class TrainingState:
+    """The training state, what survives a kill (the final model file is eqseg.models.checkpoint's): weights,
+    optimiser, scheduler and scaler states and the training record. Saved every epoch beside the output folder
+    (`.{name}.ckpt.pt`), loaded with `weights_only=True` (tensors and plain containers only)."""
 
     path: Path
     config_hash: str
@@ -170,7 +171,7 @@ class MlflowObserver(Observer):
 
 
 def run_epochs(model, net, ds, store, validation: Validation, loss_fn, optimiser, scheduler, scaler, device, precision, cfg,
-               seed, state: dict, ckpt: Checkpoint, observer: Observer, world: ddp.World, val_normaliser, batch_size: int) -> None:
+               seed, state: dict, ckpt: TrainingState, observer: Observer, world: ddp.World, val_normaliser, batch_size: int) -> None:
     """Train from state['epoch'] to cfg.epochs; rank 0 validates, keeps the selected epoch's weights (train.select,
     eqseg.train.validate) and checkpoints each epoch. A progress bar over epochs shows in a terminal (rank 0), none
     in logs."""
@@ -281,7 +282,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     hashed |= {"stats": meta.band_mean, "augment": augment, "budget": budget}
     if mode != "train" or stain is not None:  # (absent for the default, so checkpoints of earlier versions still resume)
         hashed["normalise"] = [mode, params.normalise.stain]
-    ckpt = Checkpoint(checkpoint_path(out), stable_hash(hashed))
+    ckpt = TrainingState(checkpoint_path(out), stable_hash(hashed))
     n_params = count_parameters(net)
     macs = count_macs(net, meta.bands, meta.tile_size)
 

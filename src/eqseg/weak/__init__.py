@@ -13,14 +13,14 @@ from eqseg.weak.expand import METHODS, expand
 from eqseg.weak.generators import EFFORT_UNITS, IGNORE, PER_TILE, Annotation, partial
 from eqseg.utils.options import check_known, require_seed
 
-KINDS = (*PER_TILE, "partial")
+LABEL_KINDS = (*PER_TILE, "partial")  # the kinds of weak labels `generate` simulates (options: config.WEAK_KINDS)
 
-__all__ = ["KINDS", "METHODS", "EFFORT_UNITS", "IGNORE", "Annotation", "annotate", "check_kind", "expand", "generate"]
+__all__ = ["LABEL_KINDS", "METHODS", "EFFORT_UNITS", "IGNORE", "Annotation", "annotate", "check_kind", "expand", "generate"]
 
 
 def check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise EqsegError(f"weak: unknown kind {kind!r} (allowed: {', '.join(KINDS)})")
+    if kind not in LABEL_KINDS:
+        raise EqsegError(f"weak: unknown kind {kind!r} (allowed: {', '.join(LABEL_KINDS)})")
 
 
 def _check_mask(mask: np.ndarray, ndim: int, kind: str) -> np.ndarray:
