@@ -83,8 +83,8 @@ def test_pid_alive():
     try:
         assert pid_alive(running.pid)
         # the MLflow owner check asks the same helper when the owner's start time is unknown
-        assert tracking._owner_alive(f"{socket.gethostname()}:{running.pid}:?")
+        assert tracking.runs._owner_alive(f"{socket.gethostname()}:{running.pid}:?")
     finally:
         running.kill()
         running.wait()
-    assert not tracking._owner_alive(f"{socket.gethostname()}:{running.pid}:?")
+    assert not tracking.runs._owner_alive(f"{socket.gethostname()}:{running.pid}:?")

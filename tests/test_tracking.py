@@ -408,7 +408,7 @@ def test_model_dataset_and_a_moved_store(in_tmp, one_torch_thread):
 
     # move the whole project folder: the store follows its artifacts
     shutil.move(in_tmp / "a", in_tmp / "b")
-    tracking._READY.clear()  # as a new process would start
+    tracking.store._READY.clear()  # as a new process would start
     moved = cfg_for(in_tmp / "b")
     tracking.setup(moved)
     exp = client_for(moved).get_experiment_by_name("t")
@@ -438,7 +438,7 @@ def test_a_store_whose_artifacts_are_still_elsewhere_keeps_them(in_tmp):
     run = client.create_run(exp_id)
     (in_tmp / "f.txt").write_text("x")
     client.log_artifact(run.info.run_id, str(in_tmp / "f.txt"))
-    tracking._READY.clear()
+    tracking.store._READY.clear()
     assert tracking.setup(cfg) == exp_id
     assert client.get_experiment(exp_id).artifact_location == legacy
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["f.txt"]
