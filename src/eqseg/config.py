@@ -769,7 +769,9 @@ class Params(_Strict):
 
 def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and p in ("pairs", "geotiff", "slide")))
+    # datasets.NAME.<kind>.key: the union's tag sits third; dropped by position, so that no kind is listed here and
+    # a dataset named like a kind ("pairs") keeps its name in the message
+    loc = ".".join(str(p) for i, p in enumerate(first["loc"]) if not (i == 2 and first["loc"][0] == "datasets"))
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; allowed keys are documented in params.yaml)"
