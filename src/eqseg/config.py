@@ -48,9 +48,10 @@ def check_suffix(suffix: str) -> str:
 
 
 class SplitConfig(_Strict):
-    """Leak-free spatial split: whole sources, or square blocks of a scene with tiles placed inside one block only."""
+    """Leak-free spatial split: whole sources, whole groups of sources (the parts of one scene: pairs datasets with a
+    `*` in images and masks), or square blocks of a scene with tiles placed inside one block only."""
 
-    by: Literal["source", "block"] = "source"
+    by: Literal["source", "group", "block"] = "source"
     block_size: int = Field(1024, gt=0, description="block side in pixels (split by block)")
     fractions: dict[Literal["train", "val", "test"], float] = {"train": 0.6, "val": 0.2, "test": 0.2}
     seed: int = 0
@@ -63,17 +64,38 @@ class SplitConfig(_Strict):
         return v  # train may be 0: a test-only dataset (an external test set), its band statistics over all tiles
 
 
+IGNORE_LABEL = 255  # eqseg.labels.IGNORE, restated: loading params imports nothing of the domain
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """A colour of a mask table: "#RRGGBB" (hex) or "R,G,B" (optionally in brackets) -> (r, g, b)."""
+    t = str(text).strip()
+    if re.fullmatch(r"#[0-9A-Fa-f]{6}", t):
+        return int(t[1:3], 16), int(t[3:5], 16), int(t[5:7], 16)
+    m = re.fullmatch(r"[\[(]?\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*[\])]?", t)
+    if m and all(int(v) <= 255 for v in m.groups()):
+        return int(m[1]), int(m[2]), int(m[3])
+    raise ValueError(f"{text!r} is not a colour (write \"#RRGGBB\" or \"R,G,B\" with values 0-255, quoted in YAML)")
+
+
 class PairsDataset(_Strict):
-    """A folder of images and a folder of masks with matching names (e.g. pathology tiles, EM slices)."""
+    """A folder of images and a folder of masks with matching names (e.g. pathology tiles, EM slices), or one pair
+    of folders per group: one `*` standing for a whole folder name in both (`data/x/*/images`, `data/x/*/masks`)
+    makes each folder it matches a group (a scene cut into parts), whose sources are named `<group>_<image stem>`
+    and can be split whole (split.by: group)."""
 
     kind: Literal["pairs"]
     images: str
     masks: str
     mask_suffix: str = Field("", description="mask file name = image stem + suffix + extension")
-    mask_mode: Literal["classes", "instances"] = Field(
-        "classes", description="classes: pixel value is the class id; instances: 0 background, >0 class 1"
+    mask_mode: Literal["classes", "instances", "colours"] = Field(
+        "classes", description="classes: pixel value is the class id; instances: 0 background, >0 class 1; "
+        "colours: RGB (or palette) colour -> class by mask_colours"
     )
     mask_values: dict[int, int] | None = Field(None, description="map raw mask values to class ids")
+    mask_colours: dict[str, int | str] | None = Field(  # str: "ignore" only (checked below, in one clear line)
+        None, description="mask_mode colours: \"#RRGGBB\" or \"R,G,B\" -> class id, or ignore (no label); any other "
+        "colour in a mask is an error")
     classes: list[str] = Field(min_length=2)
     split: SplitConfig = SplitConfig()
 
@@ -82,14 +104,71 @@ class PairsDataset(_Strict):
     def _mask_suffix(cls, v: str) -> str:
         return check_suffix(v)
 
+    @field_validator("images", "masks")
+    @classmethod
+    def _one_group_folder(cls, v: str) -> str:
+        if v.count("*") > 1 or ("*" in v and "*" not in Path(v).parts):
+            raise ValueError("at most one *, standing for a whole folder name (e.g. data/x/*/images: each folder it "
+                             "matches is a group)")
+        return v
+
+    @field_validator("mask_colours")
+    @classmethod
+    def _colour_table(cls, v: dict | None) -> dict | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("is empty: map each colour of the masks to a class id or to ignore")
+        seen: dict[tuple[int, int, int], str] = {}
+        for key, value in v.items():
+            if isinstance(value, str) and value != "ignore":
+                raise ValueError(f"{key!r} maps to {value!r}: give a class id, or ignore (no label)")
+            rgb = parse_colour(key)
+            if rgb in seen:
+                raise ValueError(f"{seen[rgb]!r} and {key!r} are the same colour {rgb}")
+            seen[rgb] = key
+        return v
+
+    @model_validator(mode="after")
+    def _groups_and_colours(self):
+        if ("*" in self.images) != ("*" in self.masks):
+            raise ValueError(f"images {self.images!r} and masks {self.masks!r}: put the group folder's * in both or in neither")
+        if self.split.by == "group" and "*" not in self.images:
+            raise ValueError("split.by: group needs groups: put one * for the group folder in images and masks "
+                             "(e.g. images: data/x/*/images, masks: data/x/*/masks)")
+        if (self.mask_mode == "colours") != (self.mask_colours is not None):
+            raise ValueError("mask_colours: give it with mask_mode colours, and only then" if self.mask_colours is not None
+                             else "mask_mode colours needs mask_colours (\"#RRGGBB\": class id or ignore)")
+        if self.mask_mode == "colours" and self.mask_values is not None:
+            raise ValueError("mask_values: not used with mask_mode colours (mask_colours maps the colours)")
+        for key, cls_id in (self.mask_colours or {}).items():
+            if cls_id != "ignore" and not 0 <= cls_id < len(self.classes):
+                raise ValueError(f"mask_colours: {key!r} maps to {cls_id}, not a class id 0..{len(self.classes) - 1} "
+                                 "(ignore: no label)")
+        return self
+
+    def colour_table(self) -> dict[tuple[int, int, int], int]:
+        """mask_colours as (r, g, b) -> class id, ignore as 255 (no label)."""
+        return {parse_colour(k): IGNORE_LABEL if c == "ignore" else c for k, c in (self.mask_colours or {}).items()}
+
 
 class Scene(_Strict):
+    """A GeoTIFF scene and its labels: vector shapes (`labels`) or a single-band class raster (`mask`), either in any
+    CRS (a mask on another grid is resampled onto the scene's with nearest neighbour)."""
+
     raster: str
-    labels: str
+    labels: str | None = None
+    mask: str | None = Field(None, description="class raster beside the scene (as Inria, LandCover.ai ship labels)")
+
+    @model_validator(mode="after")
+    def _one_label_source(self):
+        if (self.labels is None) == (self.mask is None):
+            raise ValueError(f"{self.raster}: give exactly one of labels (vector) or mask (raster)")
+        return self
 
 
 class GeoTiffDataset(_Strict):
-    """GeoTIFF scenes with vector labels (GeoJSON, GeoPackage, Shapefile) in any CRS."""
+    """GeoTIFF scenes with vector labels (GeoJSON, GeoPackage, Shapefile) or raster label masks, in any CRS."""
 
     kind: Literal["geotiff"]
     scenes: list[Scene] = Field(min_length=1)
@@ -100,8 +179,17 @@ class GeoTiffDataset(_Strict):
     unlabelled: Literal["background", "ignore"] = Field(
         "background", description="pixels under no polygon: background (class 0) or ignore (255, unknown: partial labels)"
     )
+    mask_values: dict[int, int] | None = Field(None, description="scenes with a mask: raw mask value -> class id "
+                                               "(unmapped values: 255, no label); None: values are class ids")
     classes: list[str] = Field(min_length=2)
     split: SplitConfig = SplitConfig(by="block")
+
+    @model_validator(mode="after")
+    def _mask_values_are_classes(self):
+        bad = sorted({c for c in (self.mask_values or {}).values() if not (0 <= c < len(self.classes) or c == 255)})
+        if bad:
+            raise ValueError(f"mask_values: class ids {bad} are not 0..{len(self.classes) - 1} (classes) or 255 (no label)")
+        return self
 
 
 class Slide(_Strict):
@@ -304,10 +392,25 @@ def check_loss_spec(spec: dict) -> None:
         raise ValueError("every term has weight 0; give at least one a positive weight")
 
 
+_REGIONS = Field("objects", description="objects: class 0 is one background region, other classes' connected "
+                 "components are objects; all_classes: every connected region of every class (land cover) gets per_object")
+_MIN_REGION = Field(1, ge=1, description="regions (objects) smaller than this get no click or stroke")
+
+
+def _background_needs_objects(options):
+    if options.regions == "all_classes" and options.background is not None:
+        raise ValueError("background applies to regions: objects only (with all_classes every region gets per_object)")
+    return options
+
+
 class PointsOptions(_Strict):
     per_object: int = Field(1, ge=1)
     background: int | None = Field(None, ge=0)
     focus: float = Field(2.0, ge=0)
+    regions: Literal["objects", "all_classes"] = _REGIONS
+    min_region_pixels: int = _MIN_REGION
+
+    _regions = model_validator(mode="after")(_background_needs_objects)
 
 
 class ScribblesOptions(_Strict):
@@ -316,6 +419,10 @@ class ScribblesOptions(_Strict):
     width: int = Field(1, ge=1)
     erosion: int = Field(2, ge=0)
     length: int = Field(48, ge=1)
+    regions: Literal["objects", "all_classes"] = _REGIONS
+    min_region_pixels: int = _MIN_REGION
+
+    _regions = model_validator(mode="after")(_background_needs_objects)
 
 
 class BoxesOptions(_Strict):
@@ -461,6 +568,17 @@ class EvaluateConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     n_preview: int = Field(6, ge=1, description="test tiles drawn in predictions.png")
     tta: bool = Field(True, description="also score with D4 test-time augmentation (tta_* metrics), a control for every model")
+    normalise_modes: list[Literal["train", "dataset", "image", "train+adabn", "dataset+adabn", "image+adabn"]] = Field(
+        default_factory=list, description="also score the test set under each of these normalisations (mode_<mode>"
+        "[_adabn]_* metrics; evaluations, not trainings); a model trained with a stain reference is scored under "
+        "train only")
+
+    @field_validator("normalise_modes")
+    @classmethod
+    def _distinct_modes(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"modes repeat ({v})")
+        return v
 
 
 class PredictConfig(_Strict):
@@ -685,10 +803,14 @@ class Params(_Strict):
                 raise ValueError(f"slides.{name}: no dataset {name!r} of kind slide (slides are built into data/{name}/ "
                                  "and tiled as the dataset of the same name)")
         for name, options in self.models.items():
-            if name not in MODEL_OPTIONS:
-                raise ValueError(f"models: unknown model {name!r} (allowed: {sorted(MODEL_OPTIONS)})")
+            check_name("models", name)
+            arch = (options or {}).get("arch", name)
+            if arch not in MODEL_OPTIONS:
+                where = f"models.{name}.arch" if "arch" in (options or {}) else "models"
+                raise ValueError(f"{where}: unknown model {arch!r} (allowed: {sorted(MODEL_OPTIONS)}; another name "
+                                 "needs arch: one of them)")
             try:
-                typed = MODEL_OPTIONS[name].model_validate(options or {})
+                typed = MODEL_OPTIONS[arch].model_validate({k: v for k, v in (options or {}).items() if k != "arch"})
             except ValidationError as err:
                 raise ValueError(_first_error(f"models.{name}", err)) from None
             if name in self.grid.models and self.tile.size % typed.tile_multiple:
@@ -757,9 +879,16 @@ class Params(_Strict):
         return dict(self.train.loss_for.get("distill" if sup.distill else sup.kind, self.train.loss))
 
     def model_options(self, name: str) -> dict[str, Any]:
+        """The options passed to the architecture's builder (without `arch`)."""
         if name not in self.models:
             raise EqsegError(f"params: model {name!r} has no entry under models (defined: {sorted(self.models)})")
-        return dict(self.models[name])
+        return {k: v for k, v in (self.models[name] or {}).items() if k != "arch"}
+
+    def model_arch(self, name: str) -> str:
+        """The registered architecture of a grid model: its `arch` option, else its own name. A grid may hold one
+        architecture twice under two names (p4m_unet at the unet's width and at its parameter count)."""
+        self.model_options(name)
+        return (self.models[name] or {}).get("arch", name)
 
     def dataset(self, name: str) -> PairsDataset | GeoTiffDataset | SlideDataset:
         if name not in self.datasets:

@@ -6,12 +6,14 @@ of the same cell with its 95 % t interval), `metrics.json` (test mIoU per test s
 metrics), `report.md`, and plots with labelled axes: `miou.png` (test mIoU per
 model, variant and supervision), `budget.png` (mIoU against label budget), `external.png` (scores on other test
 sets, when grid.test_on is set), `equivariance.png` (rotation and reflection error per model), `distill.csv` (every NAME+distill student against
-its teacher, paired by seed; empty without grid.distill).
+its teacher, paired by seed; empty without grid.distill), `modes.csv` (the normalisation axis: each cell scored
+under every mode of evaluate.normalise_modes, paired by seed to mode train; empty without it).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +92,11 @@ def distill_markdown(gains: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def networks_first(w: pd.DataFrame, models: list[str]) -> pd.DataFrame:
-    """Rows in grid order, the classical baselines under the networks of each group of rows."""
-    order = {m: i + (len(models) if m in CLASSICAL_OPTIONS else 0) for i, m in enumerate(models)}
+def networks_first(w: pd.DataFrame, models: list[str], arch: dict[str, str] | None = None) -> pd.DataFrame:
+    """Rows in grid order, the classical baselines under the networks of each group of rows (`arch`: a grid name's
+    architecture, where it is an alias)."""
+    arch = arch or {}
+    order = {m: i + (len(models) if arch.get(m, m) in CLASSICAL_OPTIONS else 0) for i, m in enumerate(models)}
     keys = [c for c in ("dataset", "test_set", "supervision", "variant", "budget") if c in w]
     return w.assign(_order=w.model.map(order).fillna(len(order) * 2)).sort_values(
         [*keys, "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
@@ -264,6 +268,57 @@ def digits_table(params: Params, root: Path = Path(".")) -> str:
     return "\n".join(lines) + "\n"
 
 
+MODE_COLUMN = re.compile(r"^mode_(train|dataset|image)(_adabn)?_miou_macro$")
+
+
+def normalisation_modes(table: pd.DataFrame, reference: str = "train", metric: str = "miou_macro") -> pd.DataFrame:
+    """The normalisation axis (evaluate.normalise_modes), long: per trained cell and test set, each mode's mean over
+    seeds and its paired difference per seed to the `reference` mode with the 95 % t interval."""
+    cols = ["dataset", "test_set", "model", "variant", "supervision", "budget", "mode", "mean", "std", "n",
+            "diff", "diff_lo", "diff_hi"]
+    found = {m.group(1) + ("+adabn" if m.group(2) else ""): c for c in table.columns if (m := MODE_COLUMN.match(c))}
+    if not found:
+        return pd.DataFrame(columns=cols)
+    keys = ["dataset", "testset", "model", "variant", "supervision", "budget"]
+    ref_col = found.get(reference)
+    rows = []
+    for cell, part in table.sort_values("seed").groupby(keys, sort=False):
+        for mode, col in found.items():
+            values = part[col].astype(float)
+            diff = (paired_t_interval(values.to_numpy(), part[ref_col].astype(float).to_numpy()) if ref_col
+                    else {"diff": np.nan, "lo": np.nan, "hi": np.nan})
+            finite = values[np.isfinite(values)]
+            rows.append(dict(zip(cols, [*cell, mode, float(finite.mean()) if len(finite) else np.nan,
+                                        float(finite.std(ddof=1)) if len(finite) > 1 else np.nan, int(len(finite)),
+                                        diff["diff"], diff["lo"], diff["hi"]])))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def modes_markdown(modes: pd.DataFrame, reference: str = "train") -> str:
+    """One row per trained cell and test set, a column per mode: mean test mIoU (Δ to the reference [95 % CI])."""
+    if modes.empty:
+        return ""
+    order = list(dict.fromkeys(modes["mode"]))
+    keys = ["dataset", "test_set", "model", "variant", "supervision", "budget"]
+    lines = ["| dataset | test set | model | variant | supervision | budget | " + " | ".join(order) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(order)]
+    for cell, part in modes.groupby(keys, sort=False):
+        by = part.set_index("mode")
+        texts = []
+        for mode in order:
+            r = by.loc[mode] if mode in by.index else None
+            if r is None or not np.isfinite(r["mean"]):
+                texts.append("-")
+                continue
+            text = _fmt(r["mean"])
+            if mode != reference and np.isfinite(r["diff"]):
+                ci = f" [{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}]" if np.isfinite(r["diff_lo"]) else ""
+                text += f" ({r['diff']:+.3f}{ci})"
+            texts.append(text)
+        lines.append("| " + " | ".join([*map(str, cell[:5]), f"{int(cell[5])} %"]) + " | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def selection_note(table: pd.DataFrame) -> str:
     """How the cells' epochs were chosen (train.select), in one sentence for the report."""
     chosen = sorted({str(v) for v in table.get("select", pd.Series(dtype=object)).dropna()})
@@ -294,16 +349,23 @@ def report(params: Params, out: Path) -> pd.DataFrame:
     check_replaceable(out)  # a folder eqseg did not write is refused before any work
     table = collect(params)
     summary = summarise(table)
-    w = networks_first(wide(summary), params.grid.models)
+    w = networks_first(wide(summary), params.grid.models, {m: params.model_arch(m) for m in params.grid.models})
     gains = distill_gains(table)
-    modes = ", ".join(sorted(set(table["normalise"]))) if "normalise" in table else "train"
+    used = ", ".join(sorted(set(table["normalise"]))) if "normalise" in table else "train"
     text = ("# eqseg report\n\n## Segmentation\n\nDense test labels, each pixel once; mean ± std over seeds; Δ = paired "
             f"difference to the unet of the same cell (per seed), 95 % t interval over seeds. Inputs normalised with: "
-            f"{modes}. {selection_note(table)}\n\n"
+            f"{used}. {selection_note(table)}\n\n"
             + to_markdown(w, table))
     if per_set := by_test_set(w):
         text += ("\n## Per test set\n\nTest mIoU (macro), mean ± std over seeds, a column per test set: the trained "
                  "dataset's own test split and the datasets it never saw (grid.test_on).\n\n" + per_set)
+    modes = normalisation_modes(table)
+    if len(modes):
+        text += ("\n## Normalisation modes\n\nThe same models with their inputs normalised each way "
+                 "(evaluate.normalise_modes): train = the statistics of the training split that travel in the model, "
+                 "dataset = the scored dataset's own, image = each scene's or slide's own; +adabn = batch-norm "
+                 "statistics re-estimated on the test tiles. Test mIoU, mean over seeds (paired difference per seed "
+                 "to train [95 % t interval]).\n\n" + modes_markdown(modes))
     if len(gains):
         text += ("\n## Self-training (data distillation)\n\nEach NAME+distill student against its teacher, the NAME cell: "
                  f"test mIoU (mean over seeds), the paired difference per seed with its 95 % t interval, the fraction of "
@@ -317,6 +379,7 @@ def report(params: Params, out: Path) -> pd.DataFrame:
         table.to_parquet(tmp / "cells.parquet", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
         gains.to_csv(tmp / "distill.csv", index=False)
+        modes.to_csv(tmp / "modes.csv", index=False)
         (tmp / "report.md").write_text(text)
         write_json(tmp / "metrics.json", headline(w))
         plot_miou(w, tmp / "miou.png")

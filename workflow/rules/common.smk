@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from eqseg.errors import EqsegError
-from eqseg.tiling.pairs import find_pairs
+from eqseg.tiling.pairs import dataset_pairs
 
 DIGITS_DATA = "data/mnist5k/mnist_5k.csv.gz"  # the bundled MNIST sample (`eqseg digits`; `data/mnist5k` in dvc.yaml)
 RASTER_SIDECARS = (".aux.xml", ".ovr", ".msk")  # files GDAL reads beside a raster
@@ -33,14 +33,15 @@ def section(*parts):
 
 
 def _pairs(images, masks, suffix, globs=()):
-    """Image and mask files of a folder pair, as `find_pairs` (what tiling and make-slides read) matches them; when
-    the folders cannot be paired, the folders themselves (the job then reports what is wrong in one line)."""
+    """Image and mask files of a folder pair (or of every group's pair, with a `*` for the group folder), as
+    `dataset_pairs` (what tiling and make-slides read) matches them; when the folders cannot be paired, the folders
+    themselves (the job then reports what is wrong in one line)."""
     try:
-        pairs = find_pairs(Path(images), Path(masks), suffix)
+        pairs = dataset_pairs(images, masks, suffix)
     except EqsegError:
         return [images, masks]
-    pairs = [(i, m) for i, m in pairs if not globs or any(fnmatch.fnmatch(i.name, p) for p in globs)]
-    return [str(f) for pair in pairs for f in pair]
+    pairs = [p for p in pairs if not globs or any(fnmatch.fnmatch(p.image.name, g) for g in globs)]
+    return [str(f) for p in pairs for f in (p.image, p.mask)]
 
 
 def _with_sidecars(path, suffixes):
@@ -69,7 +70,10 @@ def dataset_files(name):
     if cfg.kind == "geotiff":
         for scene in cfg.scenes:
             files += _with_sidecars(scene.raster, RASTER_SIDECARS)
-            files += _with_sidecars(scene.labels, SHAPEFILE_PARTS if scene.labels.lower().endswith(".shp") else ())
+            if scene.mask is not None:  # a raster label mask
+                files += _with_sidecars(scene.mask, RASTER_SIDECARS)
+            else:
+                files += _with_sidecars(scene.labels, SHAPEFILE_PARTS if scene.labels.lower().endswith(".shp") else ())
     else:  # slide
         for slide in cfg.slides:
             files.append(slide.image)

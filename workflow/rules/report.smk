@@ -9,6 +9,7 @@ STUDY_REPORT = {  # file -> (subcategory, caption); the others (cells.parquet) a
     "summary.csv": ("Tables", "summary.rst"),
     "cells.csv": ("Tables", "cells.rst"),
     "distill.csv": ("Tables", "distill.rst"),
+    "modes.csv": ("Tables", "modes.rst"),
     "report.md": ("Tables", "report_md.rst"),
 }
 

@@ -49,6 +49,8 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     if cfg.tta:  # the D4 test-time augmentation control, for every model
         cm_tta = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, precision, tta=True)
         metrics |= {f"tta_{k}": v for k, v in scores(cm_tta, classes).items()}
+    for label in cfg.normalise_modes:  # the normalisation axis: the same model, other inputs
+        metrics |= mode_scores(label, model_dir, info, store, test_ids, cfg.batch_size, device, precision)
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "inputs.json", {"normalise": normaliser.record, "model": info.model_dump(exclude={"band_mean", "band_std"})})
@@ -67,6 +69,28 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
                             subdir="eval" if prefix == "test_" else f"eval_on_{scored}",
                             tags={"normalise": normaliser.mode, "adabn": str(params.normalise.adabn).lower()})
     return metrics
+
+
+def mode_key(label: str) -> str:
+    """The metric prefix of a normalisation of the axis: "image+adabn" -> "mode_image_adabn_"."""
+    return "mode_" + label.replace("+", "_") + "_"
+
+
+def mode_scores(label: str, model_dir: Path, info, store: TileStore, test_ids: np.ndarray, batch_size: int,
+                device: torch.device, precision: str) -> dict:
+    """Scores of the test tiles under one normalisation `label` (mode, "+adabn" for AdaBN on the test tiles), with a
+    freshly loaded model (AdaBN rewrites batch-norm statistics). A model trained with a stain reference only makes
+    sense under train: other modes give no scores (NaN), said in `mode_<label>_skipped`."""
+    mode, _, adapt = label.partition("+")
+    key = mode_key(label)
+    if info.stain and mode != "train":
+        return {f"{key}miou_macro": float("nan"), f"{key}skipped": 1}
+    model, _ = load_trained(model_dir, device)
+    normaliser = normaliser_for(mode, info, store, test_ids)
+    if adapt:
+        adapt_to_store(model, store, test_ids, normaliser, batch_size, device)
+    cm = confusion_on(model, store, test_ids, batch_size, device, normaliser, precision)
+    return {f"{key}{k}": v for k, v in scores(cm, store.meta.classes).items() if k != "pixels"}
 
 
 def equivariance_errors(model: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:

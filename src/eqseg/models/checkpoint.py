@@ -19,7 +19,8 @@ class ModelInfo(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    model: str
+    model: str = Field(description="the model's name in the grid (params models: key)")
+    arch: str | None = Field(None, description="its registered architecture when the name is an alias (None: the name)")
     options: dict[str, Any] = Field(default_factory=dict)
     in_channels: int
     num_classes: int
@@ -102,7 +103,7 @@ def load_model(path: Path, device) -> tuple[Any, ModelInfo]:
     if "state_dict" not in blob:
         raise EqsegError(f"{path}: holds a fitted classical baseline, not a network (load it with eqseg.inference.load_trained)")
     state = blob["state_dict"]
-    model = build(info.model, info.in_channels, info.num_classes, **info.options)
+    model = build(info.arch or info.model, info.in_channels, info.num_classes, **info.options)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -1,12 +1,12 @@
 """A GeoTIFF scene as a tiling source: tiles cut from block-aligned strips read ahead on a thread, labels rasterised
-per strip from vector shapes (loaded by eqseg.tiling.vector) already in the raster's CRS.
+per strip from vector shapes (loaded by eqseg.tiling.vector) already in the raster's CRS, or read per strip from a
+raster label mask (eqseg.tiling.raster_mask).
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +22,9 @@ from rasterio.errors import RasterioIOError
 
 from eqseg.errors import EqsegError
 from eqseg.labels import IGNORE
-from eqseg.tiling.protocol import SourceDefaults, TileRead, require_file
+from eqseg.tiling.protocol import SourceDefaults, TileRead
+from eqseg.tiling.raster_io import open_raster
+from eqseg.tiling.raster_mask import MaskLabels
 from eqseg.utils.process import usable_cpus
 
 STRIP_BYTES = 256 * 2**20  # most pixel bytes one cached strip may hold; wider rasters are read in column chunks
@@ -127,7 +129,8 @@ def aligned_span(start: int, stop: int, block: int, limit: int) -> tuple[int, in
 
 @dataclass
 class GeoSource(SourceDefaults):
-    """A georeferenced raster; labels are vector shapes already reprojected to its CRS, rasterised per strip.
+    """A georeferenced raster; labels are vector shapes already reprojected to its CRS, rasterised per strip, or a
+    raster label mask (`mask`) read onto its grid per strip.
 
     Tiles are cut from strips aligned to the file's internal blocks and as wide as the raster (or as wide as
     STRIP_BYTES allows): each block is decoded once when tiles are requested row by row, and the raster is never
@@ -141,6 +144,7 @@ class GeoSource(SourceDefaults):
     shapes: list | Future = field(repr=False)  # (geometry, class id) pairs in the raster's CRS, or their loading
     all_touched: bool = False
     fill: int = 0  # the label of valid pixels under no shape: 0 (background) or IGNORE (unknown, partial labels)
+    mask: MaskLabels | None = None  # a raster label mask instead of shapes (shapes then empty)
 
     def __post_init__(self):
         self.name = self.path.stem
@@ -250,6 +254,9 @@ class GeoSource(SourceDefaults):
 
     def _rasterise(self, win, out: np.ndarray) -> None:
         """The labels of a window into `out` (uint8, the window's shape)."""
+        if self.mask is not None:
+            self.mask.read(win, out)
+            return
         out.fill(self.fill)
         if isinstance(self.shapes, Future):  # labels loaded beside the first decoding; their errors surface here
             self.shapes = self.shapes.result()
@@ -340,27 +347,6 @@ class GeoSource(SourceDefaults):
         self._strip = self._next = None
         self._memory.clear()
         self._ds.close()
+        if self.mask is not None:
+            self.mask.close()
 
-
-def open_raster(path: Path, **options):
-    """Open a raster for reading (GDAL open options as keywords), refusing files whose last block cannot be read."""
-    require_file(path, "raster")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            ds = rasterio.open(path, **options)
-    except RasterioIOError as err:
-        raise EqsegError(f"{path}: cannot open raster (corrupt, truncated or not a raster: {err})") from None
-    try:  # a truncated TIFF opens fine; reading its last block is what fails
-        ds.read(1, window=rasterio.windows.Window(ds.width - 1, ds.height - 1, 1, 1))
-    except RasterioIOError as err:
-        ds.close()
-        raise EqsegError(f"{path}: cannot read raster pixels (truncated or corrupt file: {_gdal_reason(err)})") from None
-    return ds
-
-
-def _gdal_reason(err: Exception) -> str:
-    """GDAL's own reason for a failed read (rasterio's message only says 'see previous exception')."""
-    cause = err.__cause__ or err.__context__
-    text = str(cause if cause is not None and str(cause) else err)
-    return (text.splitlines() or [""])[0][:200]

@@ -1,9 +1,11 @@
-"""Image/mask pairs as a tiling source: an image and its mask (class values or instance ids), both small enough to
-hold in memory (pathology tiles, EM slices), matched by name across two folders.
+"""Image/mask pairs as a tiling source: an image and its mask (class values, instance ids or colours), both small
+enough to hold in memory (pathology tiles, EM slices, aerial image parts), matched by name across two folders, or
+across several pairs of folders, one per group (a scene cut into parts: `images: data/x/*/images`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +36,63 @@ def find_pairs(images: Path, masks: Path, suffix: str) -> list[tuple[Path, Path]
     return pairs
 
 
+GROUP = "*"  # the one folder component of `images` and `masks` that stands for each group's folder
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a group folder name that may become part of file names
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An image and its mask as a dataset names them: `name` is unique in the dataset (it names tiles in the store's
+    index and prediction files); `group` is the folder `*` matched (None without one), the unit of split.by=group."""
+
+    name: str
+    group: str | None
+    image: Path
+    mask: Path
+
+
+def group_folders(images: str, root: Path = Path(".")) -> dict[str, Path]:
+    """Each group's images folder, by group name, sorted: the folders the `*` of `images` matches (hidden ones and
+    those without the rest of the path are not groups)."""
+    parts = Path(images).parts
+    at = parts.index(GROUP)
+    parent, rest = root.joinpath(*parts[:at]), parts[at + 1 :]
+    if not parent.is_dir():
+        raise EqsegError(f"{parent}: folder of the groups of images {images!r} not found")
+    found = {d.name: d.joinpath(*rest) for d in sorted(parent.iterdir())
+             if d.is_dir() and not d.name.startswith(".") and d.joinpath(*rest).is_dir()}
+    if not found:
+        raise EqsegError(f"{parent}: no folder matches images {images!r}")
+    for name in found:
+        if not _SAFE.fullmatch(name):
+            raise EqsegError(f"{parent / name}: group folder name {name!r} cannot be part of source names (letters, "
+                             "digits, _ . - only, starting with a letter or digit)")
+    return found
+
+
+def dataset_pairs(images: str, masks: str, suffix: str, root: Path = Path(".")) -> list[Pair]:
+    """Every pair of a pairs dataset, in the order splits are drawn in (group, then image name). With one `*` in
+    `images` and `masks`, each group's images are matched in the masks folder of the same group and named
+    `<group>_<image stem>` (`tile1_image_part_001`: the same image names recur in every group)."""
+    if GROUP not in Path(images).parts:
+        pairs = [Pair(img.stem, None, img, msk) for img, msk in find_pairs(root / images, root / masks, suffix)]
+    else:
+        pairs = []
+        for group, folder in group_folders(images, root).items():
+            its_masks = root.joinpath(*(group if p == GROUP else p for p in Path(masks).parts))
+            pairs += [Pair(f"{group}_{img.stem}", group, img, msk) for img, msk in find_pairs(folder, its_masks, suffix)]
+    seen: dict[str, Path] = {}
+    for p in pairs:
+        if p.name in seen:
+            raise EqsegError(f"{p.image}: source name {p.name!r} is also that of {seen[p.name]} (names must be unique "
+                             "in a dataset: rename one)")
+        seen[p.name] = p.image
+    return pairs
+
+
 def read_image_file(path: Path) -> np.ndarray:
-    """An image as (C, H, W), keeping its dtype; a constant alpha band is dropped."""
+    """An image as (C, H, W), keeping its dtype; a constant alpha band is dropped. A palette image gives its
+    indices: colour-coded masks are read by read_colour_mask."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -47,11 +104,73 @@ def read_image_file(path: Path) -> np.ndarray:
             with Image.open(path) as im:
                 arr = np.asarray(im)
     except Exception as err:
-        raise EqsegError(f"{path}: cannot read image ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise _open_error(path, err) from None
     arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
     if arr.shape[0] == 4 and (arr[3] == np.iinfo(arr.dtype).max if arr.dtype.kind == "u" else arr[3] == 1).all():
         arr = arr[:3]
     return np.ascontiguousarray(arr)
+
+
+def _open_error(path: Path, err: Exception) -> EqsegError:
+    return EqsegError(f"{path}: cannot read image ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+
+
+def read_colour_mask(path: Path) -> np.ndarray:
+    """A colour-coded mask as (H, W, 3) uint8 RGB: RGB, palette (its colours, not its indices), grey, or with an
+    opaque alpha band; a transparent pixel is refused (its colour means nothing)."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+            if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+                raise EqsegError(f"{path}: a colour mask must be 8-bit RGB, RGBA or grey (got {arr.dtype} {arr.shape})")
+            arr = np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.mode not in ("RGB", "RGBA", "P", "PA", "L", "LA"):
+                    raise EqsegError(f"{path}: a colour mask must be an RGB, RGBA, palette or 8-bit grey image (got mode {im.mode})")
+                transparent = im.mode in ("RGBA", "PA", "LA") or "transparency" in im.info
+                arr = np.asarray(im.convert("RGBA" if transparent else "RGB"))
+    except EqsegError:
+        raise
+    except Exception as err:
+        raise _open_error(path, err) from None
+    if arr.shape[2] == 4:
+        opaque = arr[..., 3] == 255
+        if not opaque.all():
+            raise EqsegError(f"{path}: {int(opaque.size - np.count_nonzero(opaque))} pixels are not opaque (alpha < 255): "
+                             "a colour mask needs every pixel's colour")
+        arr = arr[..., :3]
+    return np.ascontiguousarray(arr)
+
+
+def pack_rgb(rgb) -> np.ndarray:
+    """(..., 3) RGB -> one uint32 0xRRGGBB a pixel: colours compared as numbers."""
+    rgb = np.asarray(rgb, dtype=np.uint32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def colours_to_classes(rgb: np.ndarray, colours: dict[tuple[int, int, int], int], path: Path) -> np.ndarray:
+    """(H, W, 3) RGB -> (H, W) uint8 class ids by the table (a colour may map to IGNORE); a colour not in the table
+    is refused in one line naming the file, the most frequent such colour and its pixels. Vectorised: a sorted
+    search among the table's packed colours (about 0.1 s for a 2000 x 2000 mask)."""
+    keys = pack_rgb(list(colours))
+    order = np.argsort(keys)
+    keys, ids = keys[order], np.array(list(colours.values()), dtype=np.uint8)[order]
+    packed = pack_rgb(rgb)
+    at = np.minimum(np.searchsorted(keys, packed), len(keys) - 1)
+    known = keys[at] == packed
+    if not known.all():
+        bad, counts = np.unique(packed[~known], return_counts=True)
+        k = int(np.argmax(counts))
+        c = int(bad[k])
+        more = f" (and {len(bad) - 1} more unknown colours, {int(counts.sum() - counts[k])} pixels)" if len(bad) > 1 else ""
+        raise EqsegError(f"{path}: colour #{c:06X} ({c >> 16}, {(c >> 8) & 255}, {c & 255}) on {int(counts[k])} pixels is "
+                         f"not in mask_colours{more}: map it to a class or to ignore")
+    return ids[at]
 
 
 def mask_to_classes(raw: np.ndarray, mode: str, values: dict[int, int] | None, num_classes: int, path: Path) -> np.ndarray:
@@ -74,18 +193,28 @@ def mask_to_classes(raw: np.ndarray, mode: str, values: dict[int, int] | None, n
 
 @dataclass
 class PairSource(SourceDefaults):
-    """An image and its mask, both small enough to hold in memory (pathology tiles, EM slices)."""
+    """An image and its mask, both small enough to hold in memory (pathology tiles, EM slices). `name` defaults to
+    the image's stem (dataset_pairs gives grouped pairs theirs); `colours` is the table of mask_mode colours."""
 
     image_path: Path
     mask_path: Path
     mask_mode: str
     mask_values: dict[int, int] | None
     num_classes: int
+    name: str = ""
+    group: str | None = None
+    colours: dict[tuple[int, int, int], int] | None = None
 
     def __post_init__(self):
-        self.name = self.image_path.stem
+        self.name = self.name or self.image_path.stem
         self._image = read_image_file(self.image_path)
-        self._mask = mask_to_classes(read_image_file(self.mask_path), self.mask_mode, self.mask_values, self.num_classes, self.mask_path)
+        if self.mask_mode == "colours":
+            if not self.colours:
+                raise EqsegError(f"{self.mask_path}: mask_mode colours needs a table of mask_colours")
+            self._mask = colours_to_classes(read_colour_mask(self.mask_path), self.colours, self.mask_path)
+        else:
+            self._mask = mask_to_classes(read_image_file(self.mask_path), self.mask_mode, self.mask_values,
+                                         self.num_classes, self.mask_path)
         if self._image.shape[1:] != self._mask.shape:
             raise EqsegError(f"{self.mask_path}: mask size {self._mask.shape[::-1]} differs from image size {self._image.shape[:0:-1]}")
         self.bands, self.height, self.width = self._image.shape

@@ -13,6 +13,8 @@ with hasattr/getattr:
   background    class id of the pixels that were skipped rather than read (slides: non-tissue is class 0);
                 None where skipped pixels are nodata
   empty_reason  why a source without a single valid pixel has none, for the one-line error
+  group         the group a source belongs to, drawn into one split whole by split.by=group (a scene cut into
+                parts: pairs whose `images` folder has a `*`); None where sources have no group
   will_read     told the rows of tiles about to be read, in order, before the first (GeoTIFF scenes read the
                 strips they need ahead exactly; the others ignore it)
 
@@ -54,6 +56,7 @@ class Source(Protocol):
     downsample: float
     background: int | None
     empty_reason: str
+    group: str | None
 
     def footprint(self, row: int, col: int, height: int, width: int) -> Any:
         """Shapely box of a pixel region, in the CRS (scenes), pixels (pairs) or level-0 pixels (slides); given
@@ -80,6 +83,7 @@ class SourceDefaults:
     downsample = 1.0
     background: int | None = None
     empty_reason: ClassVar[str] = "every pixel is nodata"
+    group: str | None = None
 
     def will_read(self, rows: list[tuple[int, int]]) -> None:
         """No reading ahead to plan."""

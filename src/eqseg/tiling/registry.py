@@ -14,9 +14,11 @@ from eqseg.errors import EqsegError
 from eqseg.labels import IGNORE
 from eqseg.slides.readers import slide_name
 from eqseg.slides.source import open_slides
-from eqseg.tiling.geotiff import GeoSource, open_raster
-from eqseg.tiling.pairs import PairSource, find_pairs
+from eqseg.tiling.geotiff import GeoSource
+from eqseg.tiling.raster_io import open_raster
+from eqseg.tiling.pairs import PairSource, dataset_pairs
 from eqseg.tiling.protocol import Source
+from eqseg.tiling.raster_mask import MaskLabels
 from eqseg.tiling.vector import load_vector_labels
 
 
@@ -24,17 +26,24 @@ from eqseg.tiling.vector import load_vector_labels
 class _Kind:
     names: Callable[[Any, Path], list[str]]  # source names in opening order (the order splits are drawn in)
     open: Callable[[Any, Path, "str | None"], list]  # the sources, or only those of the given name
+    groups: Callable[[Any, Path], list] | None = None  # the group of each source, in name order (split.by=group);
+    # None: the kind's sources have no groups
 
 
 def _pair_names(cfg, root: Path) -> list[str]:
-    return [img.stem for img, _ in find_pairs(root / cfg.images, root / cfg.masks, cfg.mask_suffix)]
+    return [p.name for p in dataset_pairs(cfg.images, cfg.masks, cfg.mask_suffix, root)]
+
+
+def _pair_groups(cfg, root: Path) -> list:
+    return [p.group for p in dataset_pairs(cfg.images, cfg.masks, cfg.mask_suffix, root)]
 
 
 def _open_pairs(cfg, root: Path, only: str | None) -> list:
+    colours = cfg.colour_table() if cfg.mask_mode == "colours" else None
     return [
-        PairSource(img, msk, cfg.mask_mode, cfg.mask_values, len(cfg.classes))
-        for img, msk in find_pairs(root / cfg.images, root / cfg.masks, cfg.mask_suffix)
-        if only is None or img.stem == only
+        PairSource(p.image, p.mask, cfg.mask_mode, cfg.mask_values, len(cfg.classes), p.name, p.group, colours)
+        for p in dataset_pairs(cfg.images, cfg.masks, cfg.mask_suffix, root)
+        if only is None or p.name == only
     ]
 
 
@@ -52,6 +61,11 @@ def _open_scenes(cfg, root: Path, only: str | None) -> list:
                 continue
             with open_raster(raster) as ds:
                 crs, bounds = ds.crs, ds.bounds
+                if scene.mask is not None:  # a raster label mask: checked against the scene's grid now
+                    mask = MaskLabels(root / scene.mask, raster, crs, ds.transform, ds.shape, cfg.mask_values, len(cfg.classes))
+            if scene.mask is not None:
+                sources.append(GeoSource(raster, [], mask=mask))
+                continue
             shapes = loader.submit(load_vector_labels, root / scene.labels, raster, crs, bounds, cfg.class_field,
                                    cfg.class_values, len(cfg.classes), cfg.layer)
             sources.append(GeoSource(raster, shapes, cfg.all_touched, IGNORE if cfg.unlabelled == "ignore" else 0))
@@ -71,7 +85,7 @@ def _open_slides(cfg, root: Path, only: str | None) -> list:
 
 
 DATASET_KINDS: dict[str, _Kind] = {  # dataset kind -> how to name and open its sources
-    "pairs": _Kind(_pair_names, _open_pairs),
+    "pairs": _Kind(_pair_names, _open_pairs, _pair_groups),
     "geotiff": _Kind(_scene_names, _open_scenes),
     "slide": _Kind(_slide_names, _open_slides),
 }
@@ -87,6 +101,13 @@ def _kind(cfg) -> _Kind:
 def source_names(cfg, root: Path = Path(".")) -> list[str]:
     """Names of a dataset's sources, in the order `open_sources` opens them (the order splits are drawn in)."""
     return _kind(cfg).names(cfg, root)
+
+
+def source_groups(cfg, root: Path = Path(".")) -> list:
+    """The group of each source, in `source_names` order (None for kinds without groups), read from file names
+    only: what split.by=group draws."""
+    kind = _kind(cfg)
+    return kind.groups(cfg, root) if kind.groups else [None] * len(kind.names(cfg, root))
 
 
 def open_sources(cfg, root: Path = Path(".")) -> list[Source]:

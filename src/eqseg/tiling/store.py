@@ -36,10 +36,11 @@ from eqseg.errors import EqsegError
 from eqseg.labels import IGNORE
 from eqseg.tiling import grid, npy
 from eqseg.tiling.meta import StoreMeta
-from eqseg.tiling.geotiff import GeoSource, open_raster
+from eqseg.tiling.geotiff import GeoSource
+from eqseg.tiling.raster_io import open_raster
 from eqseg.utils.process import usable_cpus
 from eqseg.tiling.protocol import Source
-from eqseg.tiling.registry import open_sources, source_names
+from eqseg.tiling.registry import open_sources, source_groups, source_names
 from eqseg.utils.atomic import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,26 @@ def split_units(sources: list, split_cfg) -> tuple[list[tuple[int, int, int, int
     """The blocks splits are drawn for, (source, row, col, height, width), and the unit of each: a whole source
     (split by source) or a square block of a scene (split by block); blocks of different georeferenced sources that
     cover the same ground (footprints overlapping in the first source's CRS, other CRSs' bounds reprojected) are one
-    unit, so that overlapping scenes cannot put the same ground into two splits. Units are numbered in block order."""
+    unit, so that overlapping scenes cannot put the same ground into two splits. Units are numbered in block order.
+    Split by group, every source of a group (the parts of one scene) is one unit, whole."""
+    if split_cfg.by == "group":
+        return [(i, 0, 0, s.height, s.width) for i, s in enumerate(sources)], group_units([s.group for s in sources],
+                                                                                           [s.path for s in sources])
     if split_cfg.by == "source":
         blocks = [(i, 0, 0, s.height, s.width) for i, s in enumerate(sources)]
     else:
         blocks = [(i, *b) for i, s in enumerate(sources) for b in grid.blocks(s.height, s.width, split_cfg.block_size)]
     return blocks, _shared_ground_units(sources, blocks)
+
+
+def group_units(groups: list, paths: list) -> list[int]:
+    """The unit of each source split by group: its group's number, in order of first appearance."""
+    for g, path in zip(groups, paths):
+        if g is None:
+            raise EqsegError(f"{path}: split.by=group needs sources in groups (a pairs dataset with one * in images "
+                             "and masks, e.g. images: data/x/*/images); this source has none")
+    ids: dict[str, int] = {}
+    return [ids.setdefault(g, len(ids)) for g in groups]
 
 
 def _shared_ground_units(sources: list, blocks: list[tuple[int, int, int, int, int]]) -> list[int]:
@@ -97,11 +112,16 @@ class _Extent:
 
 
 def source_splits(cfg, root: Path = Path(".")) -> dict[str, str]:
-    """The split of each source of a dataset split by source, exactly as the tile store draws it (georeferenced
-    sources covering the same ground are one unit), without reading pixels or labels."""
+    """The split of each source of a dataset split by source or group, exactly as the tile store draws it
+    (georeferenced sources covering the same ground are one unit; a group's sources are one), without reading pixels
+    or labels."""
     names = source_names(cfg, root)
-    if cfg.split.by != "source":
-        raise EqsegError(f"source_splits: the dataset is split by {cfg.split.by}, not by source")
+    if cfg.split.by not in ("source", "group"):
+        raise EqsegError(f"source_splits: the dataset is split by {cfg.split.by}, not by source or group")
+    if cfg.split.by == "group":
+        units = group_units(source_groups(cfg, root), names)
+        splits = unit_splits(sorted(set(units)), len(set(units)), len(names), cfg.split)
+        return {n: splits[u] for n, u in zip(names, units)}
     if getattr(cfg, "kind", None) == "geotiff":
         extents = []
         for scene in cfg.scenes:
@@ -134,7 +154,13 @@ def candidate_tiles(sources: list, split_cfg, tile: TileConfig) -> tuple[list[tu
 
 def unit_splits(units: list[int], n_units: int, n_sources: int, split_cfg) -> dict[int, str]:
     """The split of each unit that kept tiles: sources are drawn among all sources (sources sharing ground count
-    once), blocks among kept blocks only (so that nodata or background blocks take no share of a split)."""
+    once), groups among all groups, blocks among kept blocks only (so that nodata or background blocks take no share
+    of a split)."""
+    if split_cfg.by == "group":
+        if n_units < sum(1 for f in split_cfg.fractions.values() if f > 0):
+            raise EqsegError(f"split.by=group needs a group for each split with a share (dataset has {n_units}): "
+                             "use split.by=source or more groups")
+        return dict(enumerate(grid.assign_splits(n_units, split_cfg.fractions, split_cfg.seed)))
     if split_cfg.by == "source":
         if n_units < sum(1 for f in split_cfg.fractions.values() if f > 0):
             shared = f", {n_units} once sources covering the same ground count as one" if n_units < n_sources else ""

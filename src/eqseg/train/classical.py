@@ -33,7 +33,8 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
 
     t0, started = time.perf_counter(), time.time()  # the MLflow run starts at `started`: it spans the fit
     options = dict(params.model_options(model_name))
-    typed = CLASSICAL_OPTIONS[model_name].model_validate(options)
+    arch = params.model_arch(model_name)
+    typed = CLASSICAL_OPTIONS[arch].model_validate(options)
     store = TileStore(tiles)
     meta = store.meta
     sup = params.supervision(supervision)
@@ -48,10 +49,10 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     images = [np.asarray(store.images[i]) for i in ids]
     masks = [np.asarray(labels[r]) for r in tile_rows(label_ids, ids)]  # the cell's tiles all have labels
     method_options = typed.model_dump(exclude={"max_fit_tiles"})
-    state = classical.fit(model_name, images, masks, meta.classes, seed=seed, **method_options)
+    state = classical.fit(arch, images, masks, meta.classes, seed=seed, **method_options)
     # one fit, nothing to select: the validation score is a record, scored with the cell's own labels as networks are
     validation = validation_for(params.train.select, store, labels_dir)
-    info = ModelInfo(model=model_name, options=options, in_channels=meta.bands, num_classes=meta.num_classes,
+    info = ModelInfo(model=model_name, arch=arch if arch != model_name else None, options=options, in_channels=meta.bands, num_classes=meta.num_classes,
                      classes=meta.classes, band_mean=meta.band_mean, band_std=meta.band_std,
                      normalise=params.normalise.mode, tile_size=meta.tile_size, dataset=dataset,
                      supervision=sup.name, seed=seed, select=validation.select, selected_by="the one fit",
@@ -67,7 +68,7 @@ def fit_classical(params: Params, dataset: str, model_name: str, supervision: st
     summary = dict(best_epoch=1, best_val_miou=history[0]["val_miou"], best_val_score=val["val_score"], final_train_loss=float("nan"), n_params=0,
                    macs_per_tile=0, train_seconds=seconds)
     run_config = dict(dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed,
-                      model_options=options,
+                      model_options=options, **({"arch": arch} if arch != model_name else {}),
                       normalise=params.normalise.mode, n_train_tiles=len(ids), n_val_tiles=len(val_ids), tiles=str(tiles))
     cell = dict(dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed)
     run = tracking.start_cell_run(params.mlflow, dict(stage="train", **cell), stable_hash(run_config | {"classical": True}),

@@ -218,7 +218,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     `observer` defaults to MLflow tracking (rank 0)."""
     started = time.time()  # the cell's MLflow run starts here, so that its duration covers the whole training
     check_replaceable(out)  # before hours of training, not after
-    if model_name in CLASSICAL_OPTIONS:
+    if params.model_arch(model_name) in CLASSICAL_OPTIONS:
         from eqseg.train.classical import fit_classical
 
         return fit_classical(params, dataset, model_name, supervision, seed, tiles, labels_dir, out, variant, budget)
@@ -227,6 +227,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     store = TileStore(tiles)
     meta = store.meta
     options = params.model_options(model_name)
+    arch = params.model_arch(model_name)  # the registered architecture (a grid name may be an alias: `arch:`)
     sup = params.supervision(supervision)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world.size > 1:
@@ -236,7 +237,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     set_threads(cfg.threads, cfg.num_workers, world.size)
     seed_everything(seed)
 
-    net = build(model_name, meta.bands, meta.num_classes, **options)
+    net = build(arch, meta.bands, meta.num_classes, **options)
     net = net.to(device, memory_format=memory_format(net))
     if meta.tile_size % getattr(net, "tile_multiple", 1):
         raise EqsegError(f"tile size {meta.tile_size} of {tiles} is not a multiple of {net.tile_multiple} for model {model_name}")
@@ -270,7 +271,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     loss_fn = build_loss(loss_spec)
     run_config = dict(
         dataset=dataset, model=model_name, supervision=sup.name, variant=variant, budget=budget, seed=seed,
-        model_options=options, loss=loss_spec, augment=augment,
+        model_options=options, **({"arch": arch} if arch != model_name else {}), loss=loss_spec, augment=augment,
         weak=params.weak.model_dump() if not sup.is_full else None, normalise=mode, stain=params.normalise.stain,
         train=cfg.model_dump(), tile=dict(size=meta.tile_size, overlap=meta.overlap), n_train_tiles=len(train_ids),
         n_val_tiles=len(val_ids), tiles=str(tiles), precision=precision, **validation.record,
@@ -307,7 +308,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
 
     if state["best_state"] is not None:  # else: the last epoch's weights, which the net holds
         net.load_state_dict(state["best_state"])
-    info = ModelInfo(model=model_name, options=options, in_channels=meta.bands, num_classes=meta.num_classes,
+    info = ModelInfo(model=model_name, arch=arch if arch != model_name else None, options=options, in_channels=meta.bands, num_classes=meta.num_classes,
                      classes=meta.classes, band_mean=list(train_stats[0]), band_std=list(train_stats[1]), normalise=mode,
                      stain=stain.record if stain is not None else None,
                      tile_size=meta.tile_size, dataset=dataset, supervision=sup.name, seed=seed, precision=precision,

@@ -4,6 +4,10 @@ Every generator is a pure function of (mask, numpy Generator, options) returning
 (uint8, 255 = no label) and the annotation effort in the protocol's unit (clicks, strokes, boxes, cells, tags,
 tiles), so label quality can be weighed against annotation cost. Mask pixels of 255 (padding, nodata) never get a
 label. Objects are 8-connected components of one class, as an annotator would see them.
+
+Points and scribbles see a tile in one of two ways (`regions`): `objects` (things on a background: class 0 is one
+background region, every other class's components are objects) or `all_classes` (land cover, where no class is
+background: every component of every class, 0 included, is a region annotated alike).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
+from eqseg.errors import EqsegError
 from eqseg.utils.options import require_choice, require_float, require_int
 
 from eqseg.labels import IGNORE
@@ -21,6 +26,7 @@ EIGHT = np.ones((3, 3), dtype=bool)
 EFFORT_UNITS = {
     "points": "clicks", "scribbles": "strokes", "boxes": "boxes", "coarse": "cells", "tags": "tags", "partial": "tiles",
 }
+REGIONS = ("objects", "all_classes")  # how points and scribbles see a tile (module docstring)
 
 
 class Annotation(NamedTuple):
@@ -97,24 +103,50 @@ def _empty(shape) -> np.ndarray:
     return np.full(shape, IGNORE, dtype=np.uint8)
 
 
+def annotated_regions(
+    mask: np.ndarray, where: str, regions: str, min_region_pixels: int, background: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The regions an annotator marks: label image (0 = none), class of region i at i - 1, whether region i is
+    annotated at i - 1 (at least `min_region_pixels` pixels: smaller fragments are not worth a click), and whether
+    every class is a region class (`all_classes`, where a `background` count has no meaning and is refused)."""
+    all_classes = require_choice(where, "regions", regions, REGIONS) == "all_classes"
+    min_region_pixels = require_int(where, "min_region_pixels", min_region_pixels, 1)
+    if all_classes and background is not None:
+        raise EqsegError(f"{where}: background applies to regions: objects only (with all_classes every region of "
+                         f"every class gets per_object; got background={background!r})")
+    objs, classes = objects(mask, with_background=all_classes)
+    if min_region_pixels == 1:
+        kept = np.ones(classes.size, dtype=bool)
+    else:
+        kept = np.bincount(objs.ravel(), minlength=classes.size + 1)[1:] >= min_region_pixels
+    return objs, classes, kept, all_classes
+
+
 # --------------------------------------------------------------------------------------------------- generators
 def points(
-    mask: np.ndarray, rng: np.random.Generator, per_object: int = 1, background: int | None = None, focus: float = 2.0
+    mask: np.ndarray, rng: np.random.Generator, per_object: int = 1, background: int | None = None, focus: float = 2.0,
+    regions: str = "objects", min_region_pixels: int = 1,
 ) -> Annotation:
     """Single-pixel clicks: `per_object` in every object, `background` on the background (default: one per object,
-    at least one, so that no class floods the other when expanded).
+    at least one, so that no class floods the other when expanded). With regions: all_classes, `per_object` in
+    every connected region of every class instead (land cover has no background). Objects or regions under
+    `min_region_pixels` pixels get none (and cost nothing).
 
     Clicks are drawn with probability ∝ (interior distance + 1) ** focus, so like an annotator's they land well
     inside objects (focus = 0: anywhere in the object).
     """
     per_object = require_int("weak.points", "per_object", per_object, 1)
     focus = require_float("weak.points", "focus", focus, 0.0)
-    objs, classes = objects(mask)
-    background = max(1, classes.size) if background is None else require_int("weak.points", "background", background, 0)
+    objs, classes, kept, all_classes = annotated_regions(mask, "weak.points", regions, min_region_pixels, background)
+    if all_classes:
+        background = 0  # every labelled pixel lies in a region: group 0 is empty
+    else:
+        background = max(1, int(kept.sum())) if background is None else require_int("weak.points", "background", background, 0)
     candidates = np.flatnonzero(mask != IGNORE)
     group = objs.ravel()[candidates]  # 0 = background, a group of its own
     weight = (interior_distance(mask).ravel()[candidates] + 1.0) ** focus
     k = np.full(classes.size + 1, per_object)
+    k[1:][~kept] = 0
     k[0] = background
     clicks = candidates[sample_per_group(group, weight, k, rng)]
     labels = _empty(mask.shape)
@@ -124,10 +156,11 @@ def points(
 
 def scribbles(
     mask: np.ndarray, rng: np.random.Generator, per_object: int = 1, background: int | None = None, width: int = 1,
-    erosion: int = 2, length: int = 48,
+    erosion: int = 2, length: int = 48, regions: str = "objects", min_region_pixels: int = 1,
 ) -> Annotation:
     """Strokes along the skeleton of eroded regions: `per_object` per object, `background` on the background
-    (default: one per object, at least one).
+    (default: one per object, at least one). With regions: all_classes, `per_object` per connected region of every
+    class instead (land cover has no background). Objects or regions under `min_region_pixels` pixels get none.
 
     Erosion keeps strokes `erosion` pixels off class boundaries, as an annotator keeps off edges; an object that
     erosion removes gets a dot at its deepest pixel. A stroke is the part of its object's skeleton (or of its
@@ -139,26 +172,34 @@ def scribbles(
     width = require_int(where, "width", width, 1)
     erosion = require_int(where, "erosion", erosion, 1)
     length = require_int(where, "length", length, 1)
+    objs, classes, kept, all_classes = annotated_regions(mask, where, regions, min_region_pixels, background)
     depth = interior_distance(mask)
-    objs, classes = objects(mask)
     n = classes.size
-    background = max(1, n) if background is None else require_int(where, "background", background, 0)
+    if not all_classes:
+        background = max(1, int(kept.sum())) if background is None else require_int(where, "background", background, 0)
     core = (mask != IGNORE) & (depth >= erosion)
     # erosion >= 1 removes every boundary pixel, so objects of different classes never touch and one call suffices
-    skeleton = skeletonize(core & (mask != 0)) | background_skeleton(core & (mask == 0))
+    if all_classes:
+        skeleton = skeletonize(core)
+    else:
+        skeleton = skeletonize(core & (mask != 0)) | background_skeleton(core & (mask == 0))
     reached = np.zeros(n + 1, dtype=bool)
     reached[objs[skeleton]] = True
-    lost = np.flatnonzero(~reached[1:]) + 1
+    lost = np.flatnonzero(~reached[1:] & kept) + 1
     if lost.size:
         skeleton[tuple(np.asarray(ndi.maximum_position(depth, objs, lost)).T)] = True
-    pieces, _ = ndi.label(skeleton & (mask == 0), structure=EIGHT)
-    piece = np.where(mask == 0, pieces + n, objs)  # stroke membership: an object, or a background skeleton piece
+    if all_classes:
+        piece = objs  # stroke membership: the region
+    else:
+        pieces, _ = ndi.label(skeleton & (mask == 0), structure=EIGHT)
+        piece = np.where(mask == 0, pieces + n, objs)  # stroke membership: an object, or a background skeleton piece
     candidates = np.flatnonzero(skeleton)
     if candidates.size == 0:
         return Annotation(_empty(mask.shape), 0)
     member = piece.ravel()[candidates]
     k = np.full(n + 1, per_object)
-    k[0] = background
+    k[1:][~kept] = 0
+    k[0] = 0 if all_classes else background
     draw = np.where(member > n, 0, member)  # background centres are drawn over all its skeleton at once
     centres = candidates[sample_per_group(draw, np.ones(candidates.size), k, rng)]
     if centres.size == 0:
