@@ -760,6 +760,9 @@ class WeakConfig(_Strict):
     seed: int = 0
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per kind, e.g. points: {per_object: 1}")
     expansion_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per method")
+    dataset_options: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="per dataset, per kind: options over `options` for that dataset's labels, "
+        "e.g. {dubai_aerial: {points: {regions: all_classes}}} (land cover: every class is regions, no background)")
 
 
 class Params(_Strict):
@@ -850,6 +853,20 @@ class Params(_Strict):
                     table[name].model_validate(opts or {})
                 except ValidationError as err:
                     raise ValueError(_first_error(f"{key}.{name}", err)) from None
+        for dataset, kinds in self.weak.dataset_options.items():
+            if dataset not in self.datasets:
+                raise ValueError(f"weak.dataset_options: unknown dataset {dataset!r} (defined: {sorted(self.datasets)})")
+            for kind in kinds:
+                if kind not in WEAK_KINDS:
+                    raise ValueError(f"weak.dataset_options.{dataset}: unknown kind {kind!r} (allowed: {', '.join(WEAK_KINDS)})")
+                try:
+                    WEAK_KINDS[kind].model_validate(self.weak_options(dataset, kind))
+                except ValidationError as err:
+                    raise ValueError(_first_error(f"weak.dataset_options.{dataset}.{kind}", err)) from None
+
+    def weak_options(self, dataset: str, kind: str) -> dict[str, Any]:
+        """The options of a weak kind for one dataset's labels: weak.options, then weak.dataset_options over them."""
+        return {**(self.weak.options.get(kind) or {}), **((self.weak.dataset_options.get(dataset) or {}).get(kind) or {})}
 
     def cells(self) -> list[dict]:
         """Every trained cell of the grid: dataset, model, supervision, variant, budget (whole percent), seed."""

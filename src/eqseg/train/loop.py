@@ -252,7 +252,7 @@ def train(params: Params, dataset: str, model_name: str, supervision: str, seed:
     labels, label_ids, quality = load_labels(labels_dir)
     check_labels_match(quality, sup.name, labels_dir)
     train_ids = cell_train_ids(store, label_ids, sup.distill, cfg.max_train_tiles, seed, budget)
-    tag_options = params.weak.options.get("tags", {})
+    tag_options = params.weak_options(dataset, "tags")
     validation = validation_for(cfg.select, store, labels_dir, int(tag_options.get("min_pixels", 1)))
     val_ids = validation.ids
     mode = params.normalise.mode

@@ -45,7 +45,7 @@ def weak_labels(params: Params, supervision: Supervision, store: TileStore, ids:
         quality = {"kind": "full", "tiles": int(ids.size), "effort": {"unit": "dense masks", "total": int(ids.size),
                    "per_tile": 1.0}, "expansion": None} | label_quality(labels, store.scored_masks(ids))
         return labels, quality
-    options = dict(params.weak.options.get(kind, {}))
+    options = params.weak_options(store.meta.dataset, kind)
     if kind == "tags":
         options.setdefault("num_classes", store.meta.num_classes)
     return make_weak_labels(
