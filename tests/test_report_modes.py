@@ -58,3 +58,41 @@ def test_modes_markdown_shows_each_mode_with_its_difference():
 def test_no_axis_no_table():
     table = _table().drop(columns=[c for c in _table().columns if c.startswith("mode_")])
     assert normalisation_modes(table).empty and modes_markdown(normalisation_modes(table)) == ""
+
+
+def test_a_partial_report_shows_the_evaluations_done_so_far(root, tmp_path, monkeypatch):
+    """A long run's progress: `report --partial` reports the cells whose evaluation exists and says how many of the
+    grid's are done; without --partial a missing evaluation is refused in one line naming it."""
+    import json
+
+    import yaml
+
+    from eqseg import paths
+    from eqseg.config import parse_params
+    from eqseg.errors import EqsegError
+    from eqseg.report import report
+
+    raw = yaml.safe_load((root / "tests/smoke/params.yaml").read_text())
+    raw["grid"].update(seeds=[0, 1], test_on=[])
+    raw["digits"]["models"] = ["cnn"]  # not run: a partial report leaves its section out
+    params = parse_params(raw)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EqsegError, match="none of the .* evaluations"):
+        report(params, tmp_path / "out", partial=True)
+    evaluations = params.evaluations()
+    done = [e for e in evaluations if e["seed"] == 0]
+    classes = params.dataset(done[0]["dataset"]).classes
+    for i, cell in enumerate(done):
+        folder = tmp_path / paths.EVAL.format(**cell)
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"miou_macro": 0.5 + 0.01 * i, "normalise": "train", "equivariance_error_rotations": 0.1, "equivariance_error_reflections": 0.1,
+                                                         **{f"iou_{c}": 0.5 for c in classes}}))
+    missing = paths.EVAL.format(**next(e for e in evaluations if e["seed"] == 1))
+    with pytest.raises(EqsegError, match=rf"{missing}/metrics.json: missing.*--partial"):
+        report(params, tmp_path / "full")
+    report(params, tmp_path / "out", partial=True)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert f"Partial report: {len(done)} of the grid's {len(evaluations)} evaluations are done" in text
+    assert "Rotated digits" not in text
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    assert len(cells) == len(done) and set(cells.seed) == {0}

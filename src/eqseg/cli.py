@@ -214,11 +214,13 @@ def digits(params_path: Path, model_name: str, seed: int, out: Path) -> None:
 @cli.command()
 @params_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path(paths.REPORT), show_default=True)
-def report(params_path: Path, out: Path) -> None:
+@click.option("--partial", is_flag=True, help="Report the evaluations done so far (a long run's progress), say which are "
+              "missing, instead of refusing to start.")
+def report(params_path: Path, out: Path, partial: bool) -> None:
     """The study's tables and plots over the grid (report.md, cells.csv/.parquet, summary.csv, plots)."""
     from eqseg.report import report as run
 
-    run(_load(params_path), out)
+    run(_load(params_path), out, partial=partial)
     click.echo((out / "report.md").read_text(), nl=False)
 
 

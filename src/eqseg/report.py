@@ -29,13 +29,16 @@ KEYS = ("dataset", "testset", "model", "supervision", "variant", "budget", "seed
 HEADLINE = ("miou_macro", "fwiou", "tta_miou_macro", "ap_macro", "dice_macro")
 
 
-def collect(params: Params, root: Path = Path(".")) -> pd.DataFrame:
-    """One row per (trained cell, test set): test metrics from evaluate, size and cost from train."""
+def collect(params: Params, root: Path = Path("."), partial: bool = False) -> pd.DataFrame:
+    """One row per (trained cell, test set): test metrics from evaluate, size and cost from train. With `partial`,
+    the evaluations not done yet are left out (a long run's progress) instead of refused."""
     rows = []
     for cell in params.evaluations():
         metrics_file = root / paths.EVAL.format(**cell) / "metrics.json"
         if not metrics_file.is_file():
-            raise EqsegError(f"{metrics_file}: missing; run evaluate for this cell first")
+            if partial:
+                continue
+            raise EqsegError(f"{metrics_file}: missing; run evaluate for this cell first (or report --partial)")
         row = dict(cell) | json.loads(metrics_file.read_text())
         config = root / paths.MODEL.format(**cell) / "config.json"
         if config.is_file():
@@ -345,9 +348,12 @@ def headline(w: pd.DataFrame) -> dict:
     return {"mean_miou": means, "test_miou": cells}
 
 
-def report(params: Params, out: Path) -> pd.DataFrame:
+def report(params: Params, out: Path, partial: bool = False) -> pd.DataFrame:
     check_replaceable(out)  # a folder eqseg did not write is refused before any work
-    table = collect(params)
+    table = collect(params, partial=partial)
+    planned = len(params.evaluations())
+    if table.empty:
+        raise EqsegError(f"report: none of the {planned} evaluations of the grid is done yet")
     summary = summarise(table)
     w = networks_first(wide(summary), params.grid.models, {m: params.model_arch(m) for m in params.grid.models})
     gains = distill_gains(table)
@@ -355,6 +361,8 @@ def report(params: Params, out: Path) -> pd.DataFrame:
     text = ("# eqseg report\n\n## Segmentation\n\nDense test labels, each pixel once; mean ± std over seeds; Δ = paired "
             f"difference to the unet of the same cell (per seed), 95 % t interval over seeds. Inputs normalised with: "
             f"{used}. {selection_note(table)}\n\n"
+            + (f"**Partial report: {len(table)} of the grid's {planned} evaluations are done**; cells with fewer seeds "
+               "than planned show their n.\n\n" if len(table) < planned else "")
             + to_markdown(w, table))
     if per_set := by_test_set(w):
         text += ("\n## Per test set\n\nTest mIoU (macro), mean ± std over seeds, a column per test set: the trained "
@@ -372,7 +380,9 @@ def report(params: Params, out: Path) -> pd.DataFrame:
                  f"the pixels left open by the weak labels that the teacher labelled (probability ≥ "
                  f"{params.distill.threshold}{', D4-averaged' if params.distill.tta else ''}) and their precision "
                  "against the dense masks (recorded, never used).\n\n" + distill_markdown(gains))
-    if params.digits.models:
+    digits_done = all((Path(paths.DIGITS.format(model=m, seed=seed)) / "metrics.json").is_file()
+                      for m in params.digits.models for seed in params.digits.seeds)
+    if params.digits.models and (digits_done or not partial):
         text += "\n## Rotated digits\n\nTrained on upright MNIST digits; accuracy on the test digits as rotated.\n\n" + digits_table(params)
     with atomic_dir(out) as tmp:
         table.to_csv(tmp / "cells.csv", index=False)

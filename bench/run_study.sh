@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Run a study config for hours, the way issue 20 asks: in its own clone at a fixed commit (code changed in the
+# working copy meanwhile re-runs nothing), at nice 19, resumable (run it again after a stop: Snakemake skips what is
+# done and a training resumes from its last epoch's checkpoint), and every INTERVAL seconds the report of the
+# evaluations done so far (`eqseg report --partial`) copied into docs/results/NAME/ of this repository, for the
+# developer to commit as cells complete.
+#   bash bench/run_study.sh CONFIG NAME [COMMIT=HEAD] [CLONE=/tmp/eqseg-study-NAME]
+#   e.g. bash bench/run_study.sh configs/study_weak.yaml study_weak 182d50e
+# Env: CORES (2), INTERVAL (600). Progress: CLONE/run.log (Snakemake), CLONE/publish.log.
+set -u
+CONFIG=${1:?usage: run_study.sh CONFIG NAME [COMMIT] [CLONE]}
+NAME=${2:?usage: run_study.sh CONFIG NAME [COMMIT] [CLONE]}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+COMMIT=${3:-$(git -C "$REPO" rev-parse HEAD)}
+CLONE=${4:-/tmp/eqseg-study-$NAME}
+CORES=${CORES:-2}
+INTERVAL=${INTERVAL:-600}
+OUT=$REPO/docs/results/$NAME
+
+if [ ! -d "$CLONE" ]; then
+  git clone -q "$REPO" "$CLONE" && git -C "$CLONE" checkout -q "$COMMIT" || exit 1
+  ln -s "$REPO/.venv" "$CLONE/.venv"
+fi
+have=$(git -C "$CLONE" rev-parse HEAD)
+if [ "$have" != "$(git -C "$REPO" rev-parse "$COMMIT")" ]; then
+  echo "$CLONE is at $have, not $COMMIT: give another CLONE folder, or the commit it holds" >&2
+  exit 1
+fi
+cd "$CLONE" || exit 1
+export PATH="$CLONE/.venv/bin:$PATH"
+
+publish() {
+  if nice -n 19 eqseg report --params "$CONFIG" --out results/report_partial --partial > /dev/null 2>> publish.log; then
+    mkdir -p "$OUT"
+    cp results/report_partial/{report.md,cells.csv,summary.csv,modes.csv,distill.csv,miou.png,external.png,equivariance.png} "$OUT"/ 2>> publish.log
+    echo "$(date -u +%FT%TZ) published $(($(wc -l < results/report_partial/cells.csv) - 1)) evaluations at $COMMIT" >> publish.log
+  fi
+}
+
+nice -n 19 snakemake --cores "$CORES" --configfile "$CONFIG" --keep-going --rerun-incomplete >> run.log 2>&1 &
+snake=$!
+trap 'kill $snake 2>/dev/null; wait $snake; publish; exit 130' INT TERM
+while kill -0 "$snake" 2>/dev/null; do
+  sleep "$INTERVAL" & wait $!
+  publish
+done
+wait "$snake"; rc=$?
+publish
+echo "$(date -u +%FT%TZ) snakemake exited $rc" >> publish.log
+exit $rc
