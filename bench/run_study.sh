@@ -5,7 +5,7 @@
 # evaluations done so far (`eqseg report --partial`) copied into docs/results/NAME/ of this repository, for the
 # developer to commit as cells complete.
 #   bash bench/run_study.sh CONFIG NAME [COMMIT=HEAD] [CLONE=/tmp/eqseg-study-NAME]
-#   e.g. bash bench/run_study.sh configs/study_weak.yaml study_weak 182d50e
+#   e.g. setsid nohup bash bench/run_study.sh configs/study_weak.yaml study_weak 20bb7e9 > /dev/null 2>&1 &
 # Env: CORES (2), INTERVAL (600). Progress: CLONE/run.log (Snakemake), CLONE/publish.log.
 set -u
 CONFIG=${1:?usage: run_study.sh CONFIG NAME [COMMIT] [CLONE]}
@@ -27,6 +27,12 @@ if [ "$have" != "$(git -C "$REPO" rev-parse "$COMMIT")" ]; then
   exit 1
 fi
 cd "$CLONE" || exit 1
+# With the kernel's autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled), nice only orders processes of
+# one session: a run started with `setsid` is a session of its own and would take a fair share of the cores from
+# interactive work, whatever its nice. Its session's autogroup gets nice 19 too.
+if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; then
+  echo 19 > /proc/self/autogroup
+fi
 export PATH="$CLONE/.venv/bin:$PATH"
 
 publish() {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import pytest
 import yaml
@@ -62,6 +65,25 @@ def test_fwiou_is_not_a_function_of_pixel_accuracy():
 def test_class_absent_from_truth_and_prediction_is_not_averaged():
     s = scores(confusion(np.array([0, 1]), np.array([0, 1]), 3), ["a", "b", "c"])
     assert np.isnan(s["iou_c"]) and s["miou_macro"] == 1.0 and s["fwiou"] == 1.0  # its NaN IoU weighs 0
+
+
+def test_scores_in_float64_from_a_float32_matrix():
+    """Counts past 2**24 are not float32 sums: 2**24 + 3 pixels (hand-computed IoU and accuracy)."""
+    s = scores(np.array([[2**24, 1], [1, 1]], dtype=np.float32), ["a", "b"])
+    assert s["pixels"] == 2**24 + 3
+    assert s["pixel_accuracy"] == (2**24 + 1) / (2**24 + 3)
+    assert s["iou_a"] == 2**24 / (2**24 + 2) and s["iou_b"] == 1 / 3
+
+
+def test_scores_of_absent_classes_and_an_empty_matrix_are_quiet():
+    """An absent class (0/0 IoU) and a matrix without pixels give NaN without a numpy warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = scores(np.array([[2, 0, 0], [1, 1, 0], [0, 0, 0]]), ["a", "b", "c"])
+        empty = scores(np.zeros((2, 2), dtype=np.int64), ["a", "b"])
+    assert math.isnan(s["iou_c"]) and s["iou_a"] == 2 / 3 and s["iou_b"] == 1 / 2 and s["miou_macro"] == pytest.approx(7 / 12, abs=1e-15)
+    assert empty["pixels"] == 0
+    assert all(math.isnan(empty[k]) for k in ("miou_macro", "fwiou", "pixel_accuracy", "iou_a", "iou_b"))
 
 
 @pytest.mark.parametrize("extent, size, overlap, expected", [

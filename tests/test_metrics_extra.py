@@ -1,6 +1,8 @@
 """Average precision, Dice, object F1 and AJI against hand-computed small cases (absent classes included)."""
 
 import math
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 
 from eqseg.errors import EqsegError
 from eqseg.metrics import confusion
-from eqseg.metrics.objects import ObjectScores, aji_counts, instances_from_classes, match_objects
+from eqseg.metrics.objects import ObjectScores, aji_counts, instances_from_classes, match_objects, overlap
 from eqseg.metrics.ranking import HistogramAP, average_precision_exact, dice_scores
 
 
@@ -390,3 +392,169 @@ def test_dice_of_an_empty_matrix_is_a_quiet_nan():
         warnings.simplefilter("error")
         out = dice_scores(np.zeros((2, 2), dtype=np.int64), ["a", "b"])
     assert math.isnan(out["dice_macro"]) and math.isnan(out["dice_a"]) and math.isnan(out["dice_b"])
+
+
+def test_object_scores_threshold_range_tied_counts_and_one_pixel_images():
+    """Hand cases: the threshold lies in (0, 1]; precision and recall when TP equals FP or FN (1 / 2); an image whose
+    union is one pixel still has an AJI; an empty accumulator is quietly NaN."""
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(EqsegError, match=rf"^ObjectScores: iou_threshold must be in \(0, 1\] \(got {bad}\)$"):
+            ObjectScores(bad)
+    one = np.zeros((3, 3), dtype=np.int32)
+    one[1, 1] = 4
+    acc = ObjectScores(1.0)  # only identical objects match
+    acc.update(one, one)
+    out = acc.compute()
+    assert (out["obj_tp"], out["obj_fp"], out["obj_fn"], out["aji_c"], out["aji_u"]) == (1, 0, 0, 1, 1)
+    assert out["aji"] == 1.0 and out["images"] == 1
+    acc = ObjectScores()
+    left, right = np.zeros((4, 6), dtype=np.int32), np.zeros((4, 6), dtype=np.int32)
+    left[0:2, 0:2], right[2:4, 4:6] = 1, 1
+    both = left + 2 * right
+    acc.update(both, left)  # TP 1, FP 1: precision 1/2, recall 1
+    assert (acc.compute()["obj_precision"], acc.compute()["obj_recall"]) == (0.5, 1.0)
+    acc = ObjectScores()
+    acc.update(left, both)  # TP 1, FN 1: precision 1, recall 1/2
+    assert (acc.compute()["obj_precision"], acc.compute()["obj_recall"]) == (1.0, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ObjectScores().compute()
+    assert all(math.isnan(out[k]) for k in ("obj_precision", "obj_recall", "obj_f1", "aji", "aji_pooled"))
+    assert (out["obj_tp"], out["aji_u"], out["images"]) == (0, 0, 0)
+
+
+def test_object_maps_of_different_shapes_or_not_2d_are_refused():
+    for true, pred in [((5, 5), (4, 5)), ((5,), (5,)), ((2, 3, 3), (2, 3, 3))]:
+        msg = f"object metrics: true {true} and predicted {pred} instance maps must be 2-d of one shape"
+        with pytest.raises(EqsegError, match=f"^{re.escape(msg)}$"):
+            match_objects(np.zeros(true, np.int32), np.zeros(pred, np.int32))
+
+
+def test_matching_is_greedy_by_decreasing_iou_and_one_to_one_for_truths_too():
+    """Hand cases in one row. At IoU >= 0.1: T1 = cols 0-3, T2 = 4-8; P1 = 0-2 (IoU 3/4 with T1), P2 = 3-7 (1/8 with
+    T1, 4/6 with T2). Decreasing IoU matches T1-P1 and T2-P2 (the optimal assignment, scipy); taking the 1/8 pair first
+    would block both. A truth cut into two halves (IoU 1/2 with each) matches one of them."""
+    truth = np.zeros((1, 10), dtype=np.int32)
+    truth[0, 0:4], truth[0, 4:9] = 1, 2
+    pred = np.zeros((1, 10), dtype=np.int32)
+    pred[0, 0:3], pred[0, 3:8] = 1, 2
+    assert match_objects(truth, pred, 0.1) == (2, 0, 0) == _ref_image(truth, pred, thr=0.1)[:3]
+    assert match_objects(truth, pred, 0.7) == (1, 1, 1)  # only T1-P1 (3/4) reaches 0.7
+    truth = np.zeros((2, 4), dtype=np.int32)
+    truth[0, 0:4] = 3
+    pred = np.zeros((2, 4), dtype=np.int32)
+    pred[0, 0:2], pred[0, 2:4] = 1, 2
+    assert match_objects(truth, pred) == (1, 1, 0) == _ref_image(truth, pred)[:3]
+
+
+def test_overlap_counts_by_hand_and_with_an_empty_side():
+    truth = np.array([[1, 1, 0, 7], [0, 7, 7, 7]])
+    pred = np.array([[0, 2, 2, 2], [0, 0, 0, 9]])
+    area_t, area_p, inter = overlap(truth, pred)  # truths 1 (2 px), 7 (4 px); predictions 2 (3 px), 9 (1 px)
+    assert area_t.tolist() == [2, 4] and area_p.tolist() == [3, 1] and inter.tolist() == [[1, 0], [1, 1]]
+    valid = np.array([[1, 0, 1, 1], [1, 1, 1, 1]], dtype=np.uint8)
+    area_t, area_p, inter = overlap(truth, pred, valid)
+    assert area_t.tolist() == [1, 4] and area_p.tolist() == [2, 1] and inter.tolist() == [[0, 0], [1, 1]]
+    for t, p, shape in [(truth, np.zeros_like(pred), (2, 0)), (np.zeros_like(truth), pred, (0, 2))]:
+        _, _, inter = overlap(t, p)
+        assert inter.shape == shape and inter.dtype.kind == "i"  # counts are integers, even when there are none
+
+
+def _distinct_bin_probs(rng, n: int, classes: int, bins: int = 1000) -> np.ndarray:
+    """(n, classes) scores at bin centres of `bins` linear bins, all distinct per class: one pixel per bin, where the
+    histogram AP is exact (scikit-learn's average precision is then the reference)."""
+    return np.stack([(rng.permutation(bins)[:n] + 0.5) / bins for _ in range(classes)], axis=1)
+
+
+def test_histogram_ap_of_classes_after_one_without_positives_matches_scikit_learn():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(4)
+    probs = _distinct_bin_probs(rng, 80, 3)
+    target = rng.integers(1, 3, 80)  # class 0 never true: NaN, and classes 1 and 2 still scored
+    acc = HistogramAP(3, bins=1000, spacing="linear")
+    acc.update(probs, target)
+    ap = acc.per_class()
+    assert math.isnan(ap[0])
+    for c in (1, 2):
+        assert ap[c] == pytest.approx(average_precision_score(target == c, probs[:, c]), abs=1e-12)
+
+
+def test_histogram_ap_bins_by_hand_in_both_spacings():
+    """Logit spacing puts p in bin floor(bins (logit(p) + 32) / 64), clipped to 0..bins-1: with 64 bins floor(logit p)
+    + 32, so p = 0, 1/4, 1/2, 3/4, 1 fall in bins 0, 30, 32, 33, 63, quietly (no numpy warning at 0 and 1). Linear
+    spacing: floor(bins p), p = 1 in the top bin. A score a hair below 0 (update accepts 1e-6) ranks with 0."""
+    p = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    probs = np.stack([1 - p, p], axis=1)  # class 0 scores 1 - p: the same bins in reverse
+    for spacing, bins, expected in [("logit", 64, [0, 30, 32, 33, 63]), ("linear", 10, [0, 2, 5, 7, 9])]:
+        acc = HistogramAP(2, bins=bins, spacing=spacing)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            acc.update(probs, np.ones(5, dtype=np.int64))
+        assert np.flatnonzero(acc.pos[1]).tolist() == expected and acc.pos[1].sum() == 5
+        assert np.flatnonzero(acc.neg[0]).tolist() == expected and not acc.pos[0].any() and not acc.neg[1].any()
+        below = HistogramAP(2, bins=bins, spacing=spacing)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # log of a negative number: NaN, mapped to the lowest bin
+            below.update(np.array([[0.5, -5e-7]]), np.array([1]))
+        assert below.pos[1, 0] == 1
+
+
+def test_histogram_ap_update_refuses_bad_input_with_its_message():
+    def refused(probs, target, msg, num_classes=2):
+        with pytest.raises(EqsegError, match=f"^{re.escape(msg)}$"):
+            HistogramAP(num_classes, spacing="linear").update(np.asarray(probs, dtype=float), np.asarray(target))
+
+    refused(np.full(4, 0.5), np.zeros(4, int), "HistogramAP.update: probs must be (N, C), (C, H, W) or (B, C, H, W), got (4,)")
+    refused(np.full((4, 3), 0.2), np.zeros(4, int), "HistogramAP.update: probs have 3 classes, expected 2")
+    refused(np.full((4, 2), 0.5), np.zeros(3, int), "HistogramAP.update: target has 3 pixels, probs 4")
+    msg = "HistogramAP.update: probs must be probabilities in [0, 1] (soft-max them, not logits)"
+    for bad in ([[0.5, 1.5], [0.5, 0.5]], [[0.5, -0.5], [0.5, 0.5]], [[0.5, np.nan], [0.5, 0.5]]):
+        refused(bad, [0, 1], msg)  # above 1 only, below 0 only, not finite only
+    refused(np.full((2, 2), 0.5), [0, 2], "HistogramAP.update: target labels outside 0..1 (and 255)")
+    refused(np.full((2, 3), 0.2), [0, -1], "HistogramAP.update: target labels outside 0..2 (and 255)", num_classes=3)
+    acc = HistogramAP(2, spacing="linear")
+    acc.update(np.array([[-1e-6, 1 + 1e-6], [1.0, 0.0]]), np.array([1, 255]))  # the tolerance itself is accepted
+    assert acc.pos[1].sum() == 1 and acc.pos[1, 999] == 1
+
+
+def test_histogram_ap_defaults_arguments_and_torch_input_with_gradients():
+    """Defaults: 1000 logit bins (p = 1/4 in bin floor(1000 (32 - ln 3) / 64) = 482). Bad sizes and spacings refused
+    with their message. Probabilities straight from a model (a torch tensor that requires grad) are read like numpy
+    ones: scikit-learn's AP on one pixel per bin."""
+    from sklearn.metrics import average_precision_score
+
+    acc = HistogramAP(2)
+    assert acc.pos.shape == acc.neg.shape == (2, 1000)
+    acc.update(np.array([[0.75, 0.25]]), np.array([1]))
+    assert np.flatnonzero(acc.pos[1]).tolist() == [482]
+    for num_classes, bins in ((0, 1000), (2, 1), (0, 1)):
+        with pytest.raises(EqsegError, match=rf"^HistogramAP: need num_classes >= 1 and bins >= 2 \(got {num_classes}, {bins}\)$"):
+            HistogramAP(num_classes, bins)
+    with pytest.raises(EqsegError, match=r"^HistogramAP: spacing must be 'logit' or 'linear' \(got 'log'\)$"):
+        HistogramAP(2, spacing="log")
+    one = HistogramAP(1, bins=2, spacing="linear")  # the smallest accepted: one class, two bins
+    one.update(np.array([[0.2], [0.7]]), np.array([0, 0]))
+    assert one.pos.tolist() == [[1, 1]] and one.per_class().tolist() == [1.0]
+    rng = np.random.default_rng(6)
+    probs = _distinct_bin_probs(rng, 50, 2)
+    target = rng.integers(0, 2, 50)
+    acc = HistogramAP(2, spacing="linear")
+    acc.update(torch.tensor(probs, requires_grad=True), torch.tensor(target))
+    for c in (0, 1):
+        assert acc.per_class()[c] == pytest.approx(average_precision_score(target == c, probs[:, c]), abs=1e-12)
+
+
+@pytest.mark.parametrize("spacing", ["logit", "linear"])
+def test_probabilities_rounded_just_above_one_land_in_the_top_bin(spacing):
+    """update() accepts p up to 1 + 1e-6 (float rounding of a softmax); such a pixel is the most confident, not the
+    least (the logit of p > 1 is NaN, which once fell into bin 0 and ranked it last)."""
+    import warnings as _warnings
+
+    from eqseg.metrics.ranking import HistogramAP
+
+    ap = HistogramAP(2, spacing=spacing)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")  # and quietly: no invalid-value warning from the logit
+        bins = ap._bin(np.array([1.0, 1.0 + 5e-7, 0.0, -5e-7]))
+    assert bins.tolist() == [ap.bins - 1, ap.bins - 1, 0, 0]

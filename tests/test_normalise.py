@@ -309,3 +309,178 @@ def test_evaluate_and_predict_agree_under_stain_normalisation(crops, tmp_path):
     assert np.array_equal(cm_eval, sum(np.asarray(p["test"]["confusion"]) for p in per_source))
     inputs = json.loads((tmp_path / "eval" / "inputs.json").read_text())
     assert inputs["normalise"]["stain"]["method"] == "reinhard" and m["miou_macro"] > 0.4
+
+
+# ------------------------------------------------------------------------- statistics against numpy brute force
+class _Store:
+    """The parts of a TileStore that normalise reads: images, index (tile_id, source), counted(ids), meta, path."""
+
+    def __init__(self, images: np.ndarray, sources: list[str], counted: np.ndarray, order: np.ndarray | None = None):
+        import pandas as pd
+        from types import SimpleNamespace
+
+        n = len(images)
+        order = np.arange(n) if order is None else order  # index rows in any order
+        self.images, self._counted, self.path = images, counted, Path("fake-store")
+        self.index = pd.DataFrame({"tile_id": order, "source": [sources[i] for i in order]})
+        self.meta = SimpleNamespace(band_mean=(1.5, 2.5), band_std=(3.5, 4.5))
+
+    def counted(self, ids) -> np.ndarray:
+        return self._counted[np.asarray(ids)]
+
+
+def _moments(images: np.ndarray, mask: np.ndarray, step: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and population std (+ 1e-6) of the masked pixels on every step-th row and column."""
+    x = images[..., ::step, ::step].astype(np.float64)
+    m = mask[..., ::step, ::step]
+    per_band = [x[:, b][m] for b in range(x.shape[1])]
+    return np.array([v.mean() for v in per_band]), np.array([v.std() for v in per_band]) + 1e-6
+
+
+def _random_store(seed: int = 0, n: int = 7, size: int = 6, dtype=np.uint16) -> _Store:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 4000, (n, 2, size, size)).astype(dtype)
+    counted = rng.random((n, size, size)) < 0.7
+    sources = ["b" if i % 3 else "a" for i in range(n)]
+    return _Store(images, sources, counted, order=rng.permutation(n))
+
+
+@pytest.mark.parametrize("step", [1, 2, 3])
+def test_pixel_sums_of_several_tiles_against_numpy(step):
+    rng = np.random.default_rng(step)
+    images = rng.integers(0, 65535, (3, 2, 7, 5)).astype(np.uint16)
+    valid = rng.random((3, 7, 5)) < 0.6
+    x = images[..., ::step, ::step].astype(np.float64)
+    v = valid[..., ::step, ::step]
+    expected = np.array([[v.sum()] * 2, [x[:, b][v].sum() for b in range(2)], [(x[:, b][v] ** 2).sum() for b in range(2)]])
+    assert np.array_equal(norm.pixel_sums(images, valid, step), expected)
+    all_pixels = np.array([[x[:, 0].size] * 2, x.sum(axis=(0, 2, 3)), (x**2).sum(axis=(0, 2, 3))])
+    assert np.array_equal(norm.pixel_sums(images, None, step), all_pixels)
+    assert np.array_equal(norm.pixel_sums(images, np.zeros_like(valid), step), np.zeros((3, 2)))
+    if step == 2:
+        assert np.array_equal(norm.pixel_sums(images, valid), expected)  # the default step
+
+
+def test_source_statistics_over_counted_pixels_of_each_source():
+    store = _random_store()
+    names = np.array(["b" if i % 3 else "a" for i in range(7)])
+    for chunk in (2, 64):
+        stats = norm.source_statistics(store, chunk=chunk)
+        assert sorted(stats) == ["a", "b"]
+        for name in ("a", "b"):
+            mean, std = _moments(store.images[names == name], store._counted[names == name])
+            assert np.allclose(stats[name][0], mean, rtol=1e-12) and np.allclose(stats[name][1], std, rtol=1e-12)
+    assert sorted(norm.source_statistics(store, ["b"])) == ["b"]
+    with pytest.raises(EqsegError, match=r"^fake-store: no tiles of source 'c' for normalise.mode image$"):
+        norm.source_statistics(store, ["c"])
+
+
+def test_for_store_in_each_mode_with_statistics_from_numpy():
+    store = _random_store()
+    raw = store.images[:3]
+    train_stats = ((10.0, 20.0), (2.0, 4.0))
+    n = norm.for_store("train", train_stats, store)
+    assert (n.mode, n.mean, n.std, n.per_source, n.stain) == ("train", [10.0, 20.0], [2.0, 4.0], {}, None)
+    assert np.allclose(n(raw), (raw - np.array([10.0, 20.0])[:, None, None]) / np.array([2.0, 4.0])[:, None, None])
+    n = norm.for_store("dataset", train_stats, store)
+    assert (n.mode, n.mean, n.std, n.per_source) == ("dataset", [1.5, 2.5], [3.5, 4.5], {})
+    assert norm.store_statistics(store) == ([1.5, 2.5], [3.5, 4.5])  # lists, as meta.json has them
+    n = norm.for_store("image", train_stats, store, ["a"])
+    assert (n.mode, n.mean, n.std, sorted(n.per_source)) == ("image", [10.0, 20.0], [2.0, 4.0], ["a"])
+    n = norm.for_store("image", train_stats, store)
+    names = np.array(["b" if i % 3 else "a" for i in range(7)])
+    mean, std = _moments(store.images[names == "b"], store._counted[names == "b"])
+    assert np.allclose(n(raw, "b"), (raw - mean[:, None, None]) / std[:, None, None], rtol=1e-5)
+    assert n.record["mode"] == "image" and sorted(n.record["sources"]) == ["a", "b"]
+    assert np.allclose(n.record["sources"]["b"]["mean"], mean, rtol=1e-12)
+    with pytest.raises(EqsegError, match=r"^normalise: no statistics for source 'nope' \(mode image\)$"):
+        n(raw, "nope")
+    with pytest.raises(EqsegError, match=r"^normalise.mode: 'stain' is not one of train, dataset, image$"):
+        norm.for_store("stain", train_stats, store)
+
+
+def test_for_store_with_a_stain_only_in_mode_train():
+    store = _random_store()
+    stain = lambda x: 4000 - np.asarray(x)  # noqa: E731 - any map of the raw tiles
+    n = norm.for_store("train", ((10.0, 20.0), (2.0, 4.0)), store, stain=stain)
+    assert n.stain is stain and n.mode == "train"
+    raw = store.images[:2]
+    assert np.allclose(n(raw), (4000.0 - raw - np.array([10.0, 20.0])[:, None, None]) / np.array([2.0, 4.0])[:, None, None])
+    for mode in ("dataset", "image"):
+        with pytest.raises(EqsegError, match=r"^normalise.stain needs normalise.mode train"):
+            norm.for_store(mode, ((10.0, 20.0), (2.0, 4.0)), store, stain=stain)
+
+
+def test_stained_statistics_of_the_first_256_tiles_by_id():
+    """Up to `limit` (256) of the tiles, the lowest ids, after the stain map; counted pixels only."""
+    rng = np.random.default_rng(3)
+    n = 300
+    images = rng.integers(0, 200, (n, 2, 4, 4)).astype(np.uint8)
+    images[256:] = 250  # tiles past the limit would move every statistic
+    counted = rng.random((n, 4, 4)) < 0.8
+    store = _Store(images, ["s"] * n, counted)
+    stain = lambda x: np.asarray(x) // 2 + 3  # noqa: E731
+    ids = rng.permutation(n)
+    mean, std = _moments(images[:256] // 2 + 3, counted[:256])
+    got = norm.stained_statistics(store, ids, stain)
+    assert np.allclose(got[0], mean, rtol=1e-12) and np.allclose(got[1], std, rtol=1e-12)
+    mean, std = _moments(images[:10] // 2 + 3, counted[:10])
+    got = norm.stained_statistics(store, ids, stain, limit=10, chunk=3)
+    assert np.allclose(got[0], mean, rtol=1e-12) and np.allclose(got[1], std, rtol=1e-12)
+
+
+def test_for_source_pixels_in_modes_train_and_image():
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 255, (2, 3, 8, 8)).astype(np.uint8)
+    valid = rng.random((2, 8, 8)) < 0.5
+    sums = norm.pixel_sums(images, valid)
+    train_stats = ((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
+    n = norm.for_source_pixels("train", train_stats, "scene", sums)
+    assert (n.mode, n.mean, n.std, n.per_source) == ("train", [1.0, 2.0, 3.0], [4.0, 5.0, 6.0], {})
+    n = norm.for_source_pixels("image", train_stats, "scene", sums)
+    assert (n.mode, n.mean, n.std, sorted(n.per_source)) == ("image", [1.0, 2.0, 3.0], [4.0, 5.0, 6.0], ["scene"])
+    mean, std = _moments(images, valid)
+    assert np.allclose(n.stats("scene")[0], mean, rtol=1e-12) and np.allclose(n.stats("scene")[1], std, rtol=1e-12)
+    with pytest.raises(EqsegError, match=r"^normalise.mode dataset needs the dataset's tile store \(give --tiles\)$"):
+        norm.for_source_pixels("dataset", train_stats, "scene", sums)
+    with pytest.raises(EqsegError, match=r"^normalise.mode: 'x' is not one of train, dataset, image$"):
+        norm.for_source_pixels("x", train_stats, "scene", sums)
+
+
+def test_normaliser_of_mode_image_uses_each_tiles_own_source():
+    """Tiles of two sources interleaved in one batch, a single name for all, and the plain map (x - m) / s per band
+    with float64 numpy as the reference."""
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 255, (5, 2, 3, 4)).astype(np.uint8)
+    per_source = {"a": ([10.0, 20.0], [2.0, 5.0]), "b": ([100.0, 50.0], [8.0, 0.5])}
+    n = norm.Normaliser("image", [0.0, 0.0], [1.0, 1.0], per_source=per_source)
+
+    def ref(x, name):
+        m, s = (np.array(v)[:, None, None] for v in per_source[name])
+        return (x.astype(np.float64) - m) / s
+
+    names = ["b", "a", "b", "b", "a"]
+    out = n(raw, names)
+    assert out.dtype == np.float32 and out.shape == raw.shape
+    for k, name in enumerate(names):
+        assert np.allclose(out[k], ref(raw[k], name), rtol=1e-6, atol=1e-5), k
+    assert np.allclose(n(raw, "a"), ref(raw, "a"), rtol=1e-6, atol=1e-5)
+    assert np.allclose(n(raw, tuple(names)), out)
+    with pytest.raises(EqsegError, match=r"^normalise: no statistics for source None \(mode image\)$"):
+        n(raw)
+    stained = norm.Normaliser("image", [0.0, 0.0], [1.0, 1.0], per_source=per_source, stain=lambda x: 255 - x)
+    assert np.allclose(stained(raw, names[::-1]), np.stack([ref(255 - raw[k], nm) for k, nm in enumerate(names[::-1])]),
+                       rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
+def test_normalise_in_float32_of_any_input_dtype(dtype):
+    """(x - mean) / std per band (float64 numpy reference), float32 out, from sequences of floats."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 250, (2, 3, 4, 5)).astype(dtype)
+    mean, std = [3.0, 100.5, 250.25], [0.5, 7.0, 3.0]
+    out = norm.normalise(x, mean, std)
+    expected = (x.astype(np.float64) - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    assert out.dtype == np.float32 and out.shape == x.shape
+    assert np.allclose(out, expected, rtol=1e-6, atol=1e-5)
+    assert norm.normalise(x, (3, 100, 250), (1, 2, 4)).dtype == np.float32  # integer statistics too

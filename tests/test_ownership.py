@@ -204,3 +204,35 @@ def test_owned_masks_of_tiles_that_are_near_but_do_not_overlap():
         expected = np.zeros((size, size), bool)
         expected[:h, :w] = owner[r : r + h, c : c + w] == k
         assert np.array_equal(masks[k], expected), k
+
+
+def test_owned_masks_of_unsigned_coordinates_and_float_sizes():
+    """Coordinates in any integer-valued dtype: unsigned rows/cols (r - size would wrap around below 0) and float
+    heights/widths and tile numbers `which` (not slice bounds or indices as floats) give the brute-force owner."""
+    size, height, width = 16, 45, 37
+    tiles = [(r, c, min(size, height - r), min(size, width - c)) for r, c in grid.tile_windows(0, 0, height, width, size, 4)]
+    owner = brute_force_owner(tiles, size, height, width)
+    rows, cols, heights, widths = (np.array(v) for v in zip(*tiles))
+    for args in [(rows.astype(np.uint16), cols, heights, widths), (rows, cols.astype(np.uint16), heights, widths),
+                 (rows, cols, heights.astype(np.float64), widths), (rows, cols, heights, widths.astype(np.float64))]:
+        masks = grid.owned_masks(*args, size)
+        assert np.array_equal(grid.owned_masks(*args, size, np.array([3.0, 5.0])), masks[[3, 5]])  # float `which`
+        for k, (r, c, h, w) in enumerate(tiles):
+            expected = np.zeros((size, size), bool)
+            expected[:h, :w] = owner[r : r + h, c : c + w] == k
+            assert np.array_equal(masks[k], expected), k
+
+
+def test_owned_masks_of_tiles_sharing_one_row_or_one_column():
+    """The farthest neighbours that still overlap: size - 1 rows (or columns) apart, one row (column) shared. Its
+    pixels are at equal distance from both centres: the lower index owns them (brute-force owner)."""
+    size = 8
+    for tiles, height, width in [([(0, 0, 8, 8), (7, 0, 8, 8)], 15, 8), ([(0, 0, 8, 8), (0, 7, 8, 8)], 8, 15),
+                                 ([(0, 2, 8, 6), (7, 0, 8, 8), (7, 7, 8, 8)], 15, 15)]:
+        owner = brute_force_owner(tiles, size, height, width)
+        rows, cols, heights, widths = (np.array(v) for v in zip(*tiles))
+        masks = grid.owned_masks(rows, cols, heights, widths, size)
+        for k, (r, c, h, w) in enumerate(tiles):
+            expected = np.zeros((size, size), bool)
+            expected[:h, :w] = owner[r : r + h, c : c + w] == k
+            assert np.array_equal(masks[k], expected), (tiles, k)

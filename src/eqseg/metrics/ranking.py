@@ -75,7 +75,8 @@ class HistogramAP:
         self.neg = np.zeros((num_classes, bins), dtype=np.int64)
 
     def _bin(self, p: np.ndarray) -> np.ndarray:
-        p = p.astype(np.float64)
+        # update() accepts rounding just outside [0, 1]; the logit of p > 1 would be NaN and rank it lowest
+        p = np.clip(p.astype(np.float64), 0.0, 1.0)
         if self.spacing == "logit":
             with np.errstate(divide="ignore"):
                 z = np.log(p) - np.log1p(-p)
