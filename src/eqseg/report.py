@@ -280,6 +280,8 @@ def normalisation_modes(table: pd.DataFrame, reference: str = "train", metric: s
     cols = ["dataset", "test_set", "model", "variant", "supervision", "budget", "mode", "mean", "std", "n",
             "diff", "diff_lo", "diff_hi"]
     found = {m.group(1) + ("+adabn" if m.group(2) else ""): c for c in table.columns if (m := MODE_COLUMN.match(c))}
+    canonical = [f"{mode}{adapt}" for adapt in ("", "+adabn") for mode in ("train", "dataset", "image")]
+    found = {mode: found[mode] for mode in canonical if mode in found}  # columns in a fixed order, not the file's
     if not found:
         return pd.DataFrame(columns=cols)
     keys = ["dataset", "testset", "model", "variant", "supervision", "budget"]
