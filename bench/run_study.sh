@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run a study config for hours, the way issue 20 asks: in its own clone at a fixed commit (code changed in the
 # working copy meanwhile re-runs nothing), at nice 19, resumable (run it again after a stop: Snakemake skips what is
-# done and a training resumes from its last epoch's checkpoint), and every INTERVAL seconds the report of the
+# done and a training resumes from its last epoch's checkpoint), seed by seed (each seed's cells trained and scored
+# before the next seed's start), and every INTERVAL seconds the report of the
 # evaluations done so far (`eqseg report --partial`) copied into docs/results/NAME/ of this repository, for the
 # developer to commit as cells complete.
 #   bash bench/run_study.sh CONFIG NAME [COMMIT=HEAD] [CLONE=/tmp/eqseg-study-NAME]
@@ -43,9 +44,27 @@ publish() {
   fi
 }
 
-nice -n 19 snakemake --cores "$CORES" --configfile "$CONFIG" --keep-going --rerun-incomplete >> run.log 2>&1 &
+seed_targets() {  # the evaluations of one seed: so that cells are scored as they finish, seed by seed (the rules'
+  # priorities, set for the default run's speed, would otherwise train every cell before scoring any)
+  python - "$CONFIG" "$1" <<'PY'
+import sys
+from eqseg import paths
+from eqseg.config import load_params
+params = load_params(sys.argv[1])
+print(" ".join(paths.EVAL.format(**e) + "/metrics.json" for e in params.evaluations() if e["seed"] == int(sys.argv[2])))
+PY
+}
+run_all() {
+  for seed in $(python -c "from eqseg.config import load_params; print(*load_params('$CONFIG').grid.seeds)"); do
+    # shellcheck disable=SC2046
+    nice -n 19 snakemake --cores "$CORES" --configfile "$CONFIG" --keep-going --rerun-incomplete \
+      $(seed_targets "$seed") >> run.log 2>&1
+  done
+  nice -n 19 snakemake --cores "$CORES" --configfile "$CONFIG" --keep-going --rerun-incomplete >> run.log 2>&1
+}
+run_all &
 snake=$!
-trap 'kill $snake 2>/dev/null; wait $snake; publish; exit 130' INT TERM
+trap 'pkill -TERM -P $snake 2>/dev/null; kill $snake 2>/dev/null; wait $snake; publish; exit 130' INT TERM
 while kill -0 "$snake" 2>/dev/null; do
   sleep "$INTERVAL" & wait $!
   publish
