@@ -62,6 +62,8 @@ run_all() {
   done
   nice -n 19 snakemake --cores "$CORES" --configfile "$CONFIG" --keep-going --rerun-incomplete >> run.log 2>&1
 }
+# a run stopped by a kill leaves Snakemake's lock behind: one run per clone, so it is stale here
+nice -n 19 snakemake --cores "$CORES" --configfile "$CONFIG" --unlock >> run.log 2>&1
 run_all &
 snake=$!
 trap 'pkill -TERM -P $snake 2>/dev/null; kill $snake 2>/dev/null; wait $snake; publish; exit 130' INT TERM
