@@ -35,11 +35,20 @@ if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w /proc/self/autogroup ]; 
   echo 19 > /proc/self/autogroup
 fi
 export PATH="$CLONE/.venv/bin:$PATH"
+# The venv is the working copy's, where eqseg is installed editable (its src/ on the path): without this every job
+# would import the working copy's code as it changes, not the commit's. The clone's src/ goes first, and is checked.
+export PYTHONPATH="$CLONE/src${PYTHONPATH:+:$PYTHONPATH}"
+imported=$(python -c "import eqseg; print(eqseg.__file__)")
+if [ "$imported" != "$CLONE/src/eqseg/__init__.py" ]; then
+  echo "run_study.sh: eqseg is imported from $imported, not from the clone $CLONE/src: refusing to run" >&2
+  exit 1
+fi
 
-publish() {
-  if nice -n 19 eqseg report --params "$CONFIG" --out results/report_partial --partial > /dev/null 2>> publish.log; then
+publish() {  # the report reads results, it makes none: the working copy's report code (its newest tables) reads them
+  if PYTHONPATH="$REPO/src" nice -n 19 eqseg report --params "$CONFIG" --out results/report_partial --partial \
+      > /dev/null 2>> publish.log; then
     mkdir -p "$OUT"
-    cp results/report_partial/{report.md,cells.csv,summary.csv,modes.csv,distill.csv,miou.png,external.png,equivariance.png} "$OUT"/ 2>> publish.log
+    cp results/report_partial/{report.md,*.csv,*.png} "$OUT"/ 2>> publish.log
     echo "$(date -u +%FT%TZ) published $(($(wc -l < results/report_partial/cells.csv) - 1)) evaluations at $COMMIT" >> publish.log
   fi
 }
@@ -66,7 +75,10 @@ run_all() {
 nice -n 19 snakemake --cores "$CORES" --configfile "$CONFIG" --unlock >> run.log 2>&1
 run_all &
 snake=$!
-trap 'pkill -TERM -P $snake 2>/dev/null; kill $snake 2>/dev/null; wait $snake; publish; exit 130' INT TERM
+descendants() { local c; for c in $(pgrep -P "$1"); do echo "$c"; descendants "$c"; done; }
+# a stop reaches every job: Snakemake alone waits for its running jobs to end (hours for a training); a killed
+# training resumes from its last epoch's checkpoint, and --rerun-incomplete re-runs its job
+trap 'kill -TERM $(descendants $snake) $snake 2>/dev/null; wait $snake; publish; exit 130' INT TERM
 while kill -0 "$snake" 2>/dev/null; do
   sleep "$INTERVAL" & wait $!
   publish

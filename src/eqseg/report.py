@@ -7,7 +7,9 @@ metrics), `report.md`, and plots with labelled axes: `miou.png` (test mIoU per
 model, variant and supervision), `budget.png` (mIoU against label budget), `external.png` (scores on other test
 sets, when grid.test_on is set), `equivariance.png` (rotation and reflection error per model), `distill.csv` (every NAME+distill student against
 its teacher, paired by seed; empty without grid.distill), `modes.csv` (the normalisation axis: each cell scored
-under every mode of evaluate.normalise_modes, paired by seed to mode train; empty without it).
+under every mode of evaluate.normalise_modes, paired by seed to mode train; empty without it), `weak_full.csv` (each
+weak supervision against full labels of the same cell: ratio and paired difference; empty without full cells),
+`per_class.csv` (each class's test IoU per cell, for datasets with more than two classes; empty without one).
 """
 
 from __future__ import annotations
@@ -324,6 +326,83 @@ def modes_markdown(modes: pd.DataFrame, reference: str = "train") -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_class(table: pd.DataFrame, classes: dict[str, list[str]], metric: str = "iou") -> pd.DataFrame:
+    """Per trained cell and test set, each class's test IoU: mean and std over seeds, for the datasets with more
+    than two classes (`classes`: a dataset's class names; a binary task's two IoUs say little the mIoU does not)."""
+    cols = ["dataset", "test_set", "model", "variant", "supervision", "budget", "class", "mean", "std", "n"]
+    keys = ["dataset", "testset", "model", "variant", "supervision", "budget"]
+    rows = []
+    for cell, part in table.groupby(keys, sort=False):
+        names = classes.get(cell[0], [])
+        if len(names) <= 2:
+            continue
+        for name in names:
+            values = part.get(f"{metric}_{name}", pd.Series(dtype=float)).astype(float)
+            finite = values[np.isfinite(values)]
+            rows.append(dict(zip(cols, [*cell, name, float(finite.mean()) if len(finite) else np.nan,
+                                        float(finite.std(ddof=1)) if len(finite) > 1 else np.nan, int(len(finite))])))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def per_class_markdown(table: pd.DataFrame) -> str:
+    """A table per dataset: one row per cell, a column per class, mean ± std over seeds."""
+    if table.empty:
+        return ""
+    keys = ["dataset", "test_set", "model", "variant", "supervision", "budget"]
+    blocks = []
+    for dataset, block in table.groupby("dataset", sort=False):
+        names = list(dict.fromkeys(block["class"]))
+        lines = ["| test set | model | variant | supervision | budget | " + " | ".join(names) + " | seeds |",
+                 "|---|---|---|---|---|" + "---|" * (len(names) + 1)]
+        for cell, part in block.groupby(keys, sort=False):
+            by = part.set_index("class")
+            texts = [_fmt(by.loc[c, "mean"]) + (f" ± {_fmt(by.loc[c, 'std'])}" if by.loc[c, "n"] > 1 else "")
+                     for c in names]
+            lines.append(f"| {cell[1]} | {cell[2]} | {cell[3]} | {cell[4]} | {int(cell[5])} % | " + " | ".join(texts)
+                         + f" | {int(part.n.max())} |")
+        blocks.append(f"**{dataset}**\n\n" + "\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def weak_vs_full(table: pd.DataFrame, metric: str = "miou_macro") -> pd.DataFrame:
+    """Every weak supervision against full labels of the same dataset, test set, model, variant and budget: both
+    means over seeds, their ratio (weak / full: the share of the fully supervised score the weak labels keep) and
+    the paired difference per seed with its 95 % t interval."""
+    cols = ["dataset", "test_set", "model", "variant", "budget", "supervision", "weak", "full", "ratio",
+            "diff", "diff_lo", "diff_hi", "n"]
+    if "supervision" not in table or not (table.supervision == "full").any():
+        return pd.DataFrame(columns=cols)
+    keys = ["dataset", "testset", "model", "variant", "budget"]
+    rows = []
+    for cell, part in table.groupby(keys, sort=False):
+        full = part[part.supervision == "full"].set_index("seed")[metric].astype(float)
+        if full.empty:
+            continue
+        for supervision, weak_part in part[part.supervision != "full"].groupby("supervision", sort=False):
+            weak = weak_part.set_index("seed")[metric].astype(float)
+            seeds = weak.dropna().index.intersection(full.dropna().index).sort_values()  # pairs with both scores
+            if not len(seeds):
+                continue
+            res = paired_t_interval(weak.loc[seeds].to_numpy(), full.loc[seeds].to_numpy())
+            w_mean, f_mean = float(weak.loc[seeds].mean()), float(full.loc[seeds].mean())
+            rows.append(dict(zip(cols, [*cell, supervision, w_mean, f_mean, w_mean / f_mean if f_mean else np.nan,
+                                        res["diff"], res["lo"], res["hi"], res["n"]])))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def weak_vs_full_markdown(ratios: pd.DataFrame) -> str:
+    if ratios.empty:
+        return ""
+    lines = ["| dataset | test set | model | variant | budget | supervision | test mIoU weak / full | ratio | "
+             "Δ weak − full [95 % CI] | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in ratios.to_dict("records"):
+        ci = f" [{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}]" if r["n"] > 1 else ""
+        lines.append(f"| {r['dataset']} | {r['test_set']} | {r['model']} | {r['variant']} | {int(r['budget'])} % | "
+                     f"{r['supervision']} | {_fmt(r['weak'])} / {_fmt(r['full'])} | {_fmt(r['ratio'], 2)} | "
+                     f"{r['diff']:+.3f}{ci} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
 def selection_note(table: pd.DataFrame) -> str:
     """How the cells' epochs were chosen (train.select), in one sentence for the report."""
     chosen = sorted({str(v) for v in table.get("select", pd.Series(dtype=object)).dropna()})
@@ -376,6 +455,15 @@ def report(params: Params, out: Path, partial: bool = False) -> pd.DataFrame:
                  "dataset = the scored dataset's own, image = each scene's or slide's own; +adabn = batch-norm "
                  "statistics re-estimated on the test tiles. Test mIoU, mean over seeds (paired difference per seed "
                  "to train [95 % t interval]).\n\n" + modes_markdown(modes))
+    ratios = weak_vs_full(table)
+    if len(ratios):
+        text += ("\n## Weak labels against full labels\n\nEach weak supervision against full labels of the same "
+                 "model, variant and budget: test mIoU (mean over seeds), the ratio weak / full, and the paired "
+                 "difference per seed with its 95 % t interval.\n\n" + weak_vs_full_markdown(ratios))
+    classes = per_class(table, {name: list(d.classes) for name, d in params.datasets.items()})
+    if len(classes):
+        text += ("\n## Per class\n\nTest IoU of each class, mean ± std over seeds, for the datasets with more than "
+                 "two classes.\n\n" + per_class_markdown(classes))
     if len(gains):
         text += ("\n## Self-training (data distillation)\n\nEach NAME+distill student against its teacher, the NAME cell: "
                  f"test mIoU (mean over seeds), the paired difference per seed with its 95 % t interval, the fraction of "
@@ -392,6 +480,8 @@ def report(params: Params, out: Path, partial: bool = False) -> pd.DataFrame:
         summary.to_csv(tmp / "summary.csv", index=False)
         gains.to_csv(tmp / "distill.csv", index=False)
         modes.to_csv(tmp / "modes.csv", index=False)
+        ratios.to_csv(tmp / "weak_full.csv", index=False)
+        classes.to_csv(tmp / "per_class.csv", index=False)
         (tmp / "report.md").write_text(text)
         write_json(tmp / "metrics.json", headline(w))
         plot_miou(w, tmp / "miou.png")
