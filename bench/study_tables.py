@@ -1,0 +1,100 @@
+"""The README's study tables, built from a study's published report files (docs/results/NAME/), not typed by hand.
+
+    /work/main/.venv/bin/python bench/study_tables.py docs/results/study_weak [--baseline unet]
+
+Prints markdown: (1) the answer per supervision: the baseline's test mIoU and each other model's paired difference
+to it per seed with its 95 % t interval (summary.csv), a column per model, in-domain and external test sets as rows;
+(2) weak / full per model (weak_full.csv); (3) the normalisation modes, mean over cells per test set and model, with
+the paired difference to `train` (modes.csv); (4) per-class IoU (per_class.csv). Files the report has not written
+yet (a partial run) are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _diff(r) -> str:
+    if not np.isfinite(r["diff"]):
+        return "-"
+    ci = f" [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}]" if np.isfinite(r["diff_lo"]) else " (1 seed)"
+    return f"{r['diff']:+.3f}{ci}"
+
+
+def answer(summary: pd.DataFrame, baseline: str = "unet") -> str:
+    s = summary[summary.metric == "miou_macro"]
+    models = [m for m in dict.fromkeys(s.model) if m != baseline]
+    lines = [f"| trained on | tested on | supervision | {baseline} test mIoU | "
+             + " | ".join(f"{m}: Δ vs {baseline} [95 % CI]" for m in models) + " | seeds |",
+             "|---|---|---|---|" + "---|" * (len(models) + 1)]
+    for (d, t, sup, var, bud), part in s.groupby(["dataset", "test_set", "supervision", "variant", "budget"], sort=False):
+        by = part.set_index("model")
+        if baseline not in by.index:
+            continue
+        b = by.loc[baseline]
+        base = _fmt(b["mean"]) + (f" ± {_fmt(b['std'])}" if b["n"] > 1 else "")
+        cells = [_diff(by.loc[m]) if m in by.index else "-" for m in models]
+        seeds = int(part.n.min())
+        lines.append(f"| {d} | {t} | {sup} | {base} | " + " | ".join(cells) + f" | {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
+def weak_full(ratios: pd.DataFrame) -> str:
+    lines = ["| trained on | tested on | model | supervision | weak / full mIoU | ratio | Δ [95 % CI] | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in ratios.to_dict("records"):
+        lines.append(f"| {r['dataset']} | {r['test_set']} | {r['model']} | {r['supervision']} | {_fmt(r['weak'])} / "
+                     f"{_fmt(r['full'])} | {_fmt(r['ratio'], 2)} | {_diff(r)} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def modes(table: pd.DataFrame) -> str:
+    """Mean over a test set's cells (models x supervisions) per mode, and the mean paired difference to train with
+    the range of the cells' own differences: a first read of the axis; the report has every cell."""
+    order = list(dict.fromkeys(table["mode"]))
+    lines = ["| trained on | tested on | " + " | ".join(order) + " | cells |", "|---|---|" + "---|" * (len(order) + 1)]
+    for (d, t), part in table.groupby(["dataset", "test_set"], sort=False):
+        texts = []
+        for mode in order:
+            m = part[part["mode"] == mode]
+            text = _fmt(m["mean"].mean())
+            if mode != "train" and m["diff"].notna().any():
+                text += f" ({m['diff'].mean():+.3f}; cells {m['diff'].min():+.3f} to {m['diff'].max():+.3f})"
+            texts.append(text)
+        lines.append(f"| {d} | {t} | " + " | ".join(texts) + f" | {part.groupby(['model', 'supervision']).ngroups} |")
+    return "\n".join(lines) + "\n"
+
+
+def per_class(table: pd.DataFrame) -> str:
+    names = list(dict.fromkeys(table["class"]))
+    lines = ["| tested on | model | supervision | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for (t, m, s), part in table.groupby(["test_set", "model", "supervision"], sort=False):
+        by = part.set_index("class")
+        lines.append(f"| {t} | {m} | {s} | " + " | ".join(_fmt(by.loc[c, "mean"]) for c in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--baseline", default="unet")
+    args = ap.parse_args()
+    read = lambda name: pd.read_csv(args.folder / name) if (args.folder / name).is_file() else pd.DataFrame()  # noqa: E731
+    sections = [("Answer per supervision", read("summary.csv"), lambda t: answer(t, args.baseline)),
+                ("Weak / full", read("weak_full.csv"), weak_full), ("Normalisation modes", read("modes.csv"), modes),
+                ("Per class", read("per_class.csv"), per_class)]
+    for title, table, render in sections:
+        if len(table):
+            print(f"#### {title}\n\n{render(table)}")
+
+
+if __name__ == "__main__":
+    main()
