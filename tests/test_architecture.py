@@ -25,16 +25,61 @@ LAYERS = (
     ("tiling", "slides"),  # one layer: tiling opens slides as sources, slides implement the tiling Source protocol
     ("models", "metrics", "stats"),
     ("config", "runtime", "labels", "paths"),
-    ("utils",),  # atomic outputs, strict JSON, options, processes and CPUs: below all of eqseg but its errors
+    ("utils",),  # atomic outputs, strict JSON, option checks, the schema base, processes and CPUs: below all but errors
     ("errors",),
 )
 
 
+# The params schemas of the domains, beside their code (eqseg/<domain>/options.py): leaves that loading params imports,
+# through their packages' __init__ (which import nothing eagerly: torch and numpy load on first use of a name).
+OPTIONS_LEAVES = ("eqseg.classical.options", "eqseg.losses.options", "eqseg.models.options", "eqseg.weak.options")
+
+
 def test_loading_params_imports_neither_torch_nor_the_domain(root):
+    """Only the options leaves of the domains (and the package __init__ files Python runs to reach them), the
+    schema base and the errors: no torch, no numpy, no domain code."""
     code = ("import sys; from eqseg.config import load_params; load_params('params.yaml'); "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('eqseg.')))")
+            "print(sorted(m for m in sys.modules if m in ('torch', 'numpy') or m.startswith('eqseg.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['eqseg.config', 'eqseg.errors']", out
+    packages = sorted(leaf.rsplit(".", 1)[0] for leaf in OPTIONS_LEAVES)
+    assert out.strip() == str(sorted(["eqseg.config", "eqseg.errors", "eqseg.utils", "eqseg.utils.schema",
+                                      *OPTIONS_LEAVES, *packages])), out
+
+
+def test_options_leaves_import_nothing_but_utils_and_errors():
+    """Every eqseg/*/options.py is a leaf: pydantic, the standard library, eqseg.utils and eqseg.errors only (a
+    lower layer may import it: test_import_layers allows exactly that), and importing it loads neither torch, numpy
+    nor any module of its domain but the package's __init__."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("eqseg", cache_dir=None)
+    leaves = sorted(m for m in graph.modules if m.count(".") == 2 and m.endswith(".options"))
+    assert leaves == sorted(OPTIONS_LEAVES), "a new eqseg/<domain>/options.py? add it to OPTIONS_LEAVES"
+    for leaf in leaves:
+        inside = {m for m in graph.find_upstream_modules(leaf) if m.startswith("eqseg")}
+        assert all(m == "eqseg.errors" or m.startswith("eqseg.utils.") for m in inside), (leaf, sorted(inside))
+        code = (f"import sys, {leaf}; print(sorted(m for m in sys.modules if m in ('torch', 'numpy') "
+                "or m.startswith('eqseg.')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        allowed = {leaf, leaf.rsplit(".", 1)[0], "eqseg.errors", "eqseg.utils", *inside}
+        assert set(eval(out)) <= allowed, (leaf, out)
+
+
+@pytest.mark.parametrize("package, implementation", [("eqseg.losses", "eqseg.losses.terms"),
+                                                     ("eqseg.weak", "eqseg.weak.simulate"),
+                                                     ("eqseg.classical", "eqseg.classical.registry")])
+def test_lazy_packages_export_their_implementation(package, implementation):
+    """A package whose options leaf params load keeps its entry points in a module of its own, loaded on first use:
+    every name of the package is that module's, and no name is also a submodule's (importing eqseg.weak.expand
+    would have replaced the function `expand` on the package by the module)."""
+    import importlib
+    import pkgutil
+
+    pkg, impl = importlib.import_module(package), importlib.import_module(implementation)
+    assert all(getattr(pkg, name) is getattr(impl, name) for name in pkg.__all__)
+    assert set(pkg.__all__) == set(getattr(impl, "__all__", pkg.__all__))
+    submodules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+    assert not set(pkg.__all__) & submodules
+    assert not hasattr(pkg, "no_such_name")
 
 
 def test_snakemake_wildcards_are_the_names_eqseg_checks(root):
@@ -68,6 +113,10 @@ def test_import_layers():
     present = {m.split(".")[1] for m in graph.modules if m.count(".") >= 1}
     layers = [grimp.Layer(*(name for name in layer if name in present), independent="tiling" not in layer)
               for layer in LAYERS]
+    for leaf in OPTIONS_LEAVES:  # the one exception: a lower layer (config) may import a domain's options leaf
+        for importer in graph.find_modules_that_directly_import(leaf):
+            if not importer.startswith(leaf.rsplit(".", 1)[0] + "."):
+                graph.remove_import(importer=importer, imported=leaf)
     illegal = graph.find_illegal_dependencies_for_layers(layers=layers, containers={"eqseg"})
     described = sorted(f"{d.importer} -> {d.imported}: " + "; ".join(
         f"{sorted(r.heads)} -> {list(r.middle)} -> {sorted(r.tails)}" for r in d.routes) for d in illegal)
@@ -134,7 +183,7 @@ def _strongly_connected(edges: dict[str, list[str]]) -> list[list[str]]:
 def test_models_import_nothing_of_the_pipeline():
     grimp = pytest.importorskip("grimp")
     graph = grimp.build_graph("eqseg", cache_dir=None)
-    outside = {d for m in graph.find_descendants("eqseg.models") | {"eqseg.models"}
+    outside = {d for m in graph.find_descendants("eqseg.models") | {"eqseg.models"} if m not in OPTIONS_LEAVES
                for d in graph.find_modules_directly_imported_by(m)
                if d.startswith("eqseg.") and not d.startswith("eqseg.models") and d != "eqseg.errors"}
     assert not outside, outside
@@ -254,7 +303,7 @@ def test_typed_model_options_match_the_builders():
 def test_typed_weak_and_loss_options_match_the_functions():
     from eqseg import config
     from eqseg.losses import TERMS
-    from eqseg.weak.expand import _METHODS
+    from eqseg.weak.expansion import _METHODS
     from eqseg.weak.generators import PER_TILE, partial
 
     generators = dict(PER_TILE) | {"partial": partial}

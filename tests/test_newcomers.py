@@ -70,8 +70,8 @@ def test_the_guide_has_its_marked_blocks():
 @pytest.fixture
 def tiny_model(monkeypatch):
     """The guide's model module and options schema, registered for this test only."""
-    from eqseg import config, models
-    from eqseg.models import registry
+    from eqseg import models
+    from eqseg.models import options, registry
 
     b = blocks()
     models.available()  # the built-in models first, as build() loads them
@@ -80,9 +80,9 @@ def tiny_model(monkeypatch):
     run_block(b["model-module"], module.__dict__)
     for name in set(registry._REGISTRY) - before:  # put back through monkeypatch, which removes them afterwards
         monkeypatch.setitem(registry._REGISTRY, name, registry._REGISTRY.pop(name))
-    ns = run_block(b["model-options"], dict(vars(config)))
+    ns = run_block(b["model-options"], dict(vars(options)))
     for name, schema in entries(b["model-options-entry"], ns).items():
-        monkeypatch.setitem(config.MODEL_OPTIONS, name, schema)
+        monkeypatch.setitem(options.NETWORK_OPTIONS, name, schema)  # config.MODEL_OPTIONS collects it
     return module
 
 
@@ -132,10 +132,14 @@ def test_model_options_match_its_builder_and_params_load(tiny_model):
 
 
 def test_the_guide_names_the_loading_function():
+    """The guide says a model module needs no entry besides its options: _load_builtin imports every module."""
+    import pkgutil
+
     import eqseg.models
 
     assert "_load_builtin()" in GUIDE.read_text()
-    assert '"eqseg.models.gunet", "eqseg.models.gridnet", "eqseg.models.steerable"' in inspect.getsource(eqseg.models._load_builtin)
+    eqseg.models.available()
+    assert all(f"eqseg.models.{m.name}" in sys.modules for m in pkgutil.iter_modules(eqseg.models.__path__))
 
 
 # ---------------------------------------------------------------------------------------------------- dataset kind
@@ -228,9 +232,7 @@ def test_every_dataset_kind_has_its_branch_in_common_smk():
 # ------------------------------------------------------------------------------------------------- weak-label kind
 @pytest.fixture
 def interiors_kind(monkeypatch):
-    import eqseg.weak
-    from eqseg import config
-    from eqseg.weak import generators
+    from eqseg.weak import generators, options, simulate
 
     b = blocks()
     ns = run_block(b["weak-generator"], dict(vars(generators)))
@@ -238,11 +240,11 @@ def interiors_kind(monkeypatch):
         monkeypatch.setitem(generators.PER_TILE, kind, fn)
     for kind, unit in entries(b["weak-effort-entry"], ns).items():
         monkeypatch.setitem(generators.EFFORT_UNITS, kind, unit)
-    # LABEL_KINDS is built from PER_TILE when eqseg.weak is imported: rebuild it as that import would
-    monkeypatch.setattr(eqseg.weak, "LABEL_KINDS", (*generators.PER_TILE, "partial"))
-    ns = run_block(b["weak-options"], dict(vars(config)))
+    # LABEL_KINDS is built from PER_TILE when eqseg.weak.simulate is imported: rebuild it as that import would
+    monkeypatch.setattr(simulate, "LABEL_KINDS", (*generators.PER_TILE, "partial"))
+    ns = run_block(b["weak-options"], dict(vars(options)))
     for kind, schema in entries(b["weak-options-entry"], ns).items():
-        monkeypatch.setitem(config.WEAK_KINDS, kind, schema)
+        monkeypatch.setitem(options.WEAK_KINDS, kind, schema)  # the table config.WEAK_KINDS is
 
 
 def blob_mask() -> np.ndarray:

@@ -13,6 +13,12 @@ real run checks (tests/test_pipeline_e2e.py): a top-level package folder (src/eq
 single module (src/eqseg/cli.py). The static import graph (grimp) counts
 imports inside functions too, so the deps are a superset of what a run imports.
 
+One exception to whole folders: a domain's params schemas, its options leaf (src/eqseg/models/options.py), which
+eqseg.config imports to load params. A stage that reaches a package only through that leaf depends on the leaf and
+on the package's __init__.py (Python runs it to import the leaf), not on the package: only the imports at the top
+level of a package run with it, not those inside its functions (a package's lazy `__getattr__`), so `eqseg tile`
+does not depend on the models it never builds.
+
 No torch here: it imports eqseg.paths, and grimp (the [test] extra) only to compute the code deps.
 """
 
@@ -284,23 +290,31 @@ def import_graph():
     return grimp.build_graph("eqseg", cache_dir=None)
 
 
-def imported_modules(command: str, graph) -> set[str]:
-    """Every eqseg module `eqseg COMMAND` may import: its entry, what those import (inside functions too), and the
-    packages above each (importing eqseg.tiling.store runs eqseg/tiling/__init__.py), to a fixed point. cli.py's
-    own imports are those of its entry: the other commands' lazy imports are not this one's."""
-    todo = list(command_entry(command, set(graph.modules)))
-    seen: set[str] = set()
+def imported_modules(command: str, graph) -> dict[str, bool]:
+    """Every eqseg module `eqseg COMMAND` may import, each with whether it is imported itself (True) or only run as
+    a package above an imported module (False): its entry, what those import (inside functions too), and the
+    packages above each (importing eqseg.tiling.store runs eqseg/tiling/__init__.py), to a fixed point. A package
+    that is only run follows only the imports at its top level, those that run with it. cli.py's own imports are
+    those of its entry: the other commands' lazy imports are not this one's."""
+    modules = set(graph.modules)
+    todo = [(m, True) for m in command_entry(command, modules)]
+    reached: dict[str, bool] = {}
     while todo:
-        m = todo.pop()
-        if m in seen:
+        m, imported = todo.pop()
+        if m in reached and (reached[m] or not imported):
             continue
-        seen.add(m)
+        reached[m] = imported
         parts = m.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
-        if m != "eqseg.cli":
-            todo += [d for d in graph.find_modules_directly_imported_by(m) if d.startswith("eqseg")]
-            todo += dynamic_imports(m, set(graph.modules))
-    return seen
+        todo += [(".".join(parts[:i]), False) for i in range(1, len(parts))]
+        if m == "eqseg.cli":
+            continue
+        if imported:
+            found = {d for d in graph.find_modules_directly_imported_by(m) if d.startswith("eqseg")}
+            found |= dynamic_imports(m, modules)
+        else:
+            found = top_level_imports(m, modules)
+        todo += [(d, True) for d in found]
+    return reached
 
 
 def module_file(module: str) -> Path:
@@ -310,15 +324,42 @@ def module_file(module: str) -> Path:
 
 def dynamic_imports(module: str, modules: set[str]) -> set[str]:
     """Modules imported by name (`__import__(name)`, `importlib.import_module(name)`), which the static graph does not
-    see: every eqseg module named by a string in a module that makes such a call (eqseg.models loads its optional
-    model modules this way)."""
-    tree = ast.parse(module_file(module).read_text())
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-             and ((isinstance(n.func, ast.Name) and n.func.id == "__import__")
-                  or (isinstance(n.func, ast.Attribute) and n.func.attr == "import_module"))]
-    if not calls:
-        return set()
-    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in modules}
+    see: every eqseg module named by a string in a module that makes such a call, and every module of its package
+    if it lists them (`pkgutil.iter_modules`: eqseg.models loads its model modules this way)."""
+    return _named(list(ast.walk(ast.parse(module_file(module).read_text()))), module, modules)
+
+
+def _named(nodes: list[ast.AST], module: str, modules: set[str]) -> set[str]:
+    """The eqseg modules these AST nodes of `module` import by name, if one of them does."""
+    def called(name: str) -> bool:
+        return any(isinstance(n, ast.Call) and ((isinstance(n.func, ast.Name) and n.func.id == name)
+                                                or (isinstance(n.func, ast.Attribute) and n.func.attr == name))
+                   for n in nodes)
+
+    found = set()
+    if called("__import__") or called("import_module"):
+        found = {n.value for n in nodes if isinstance(n, ast.Constant) and n.value in modules}
+    if called("iter_modules"):
+        package = module if module_file(module).name == "__init__.py" else module.rsplit(".", 1)[0]
+        found |= {m for m in modules if m.rsplit(".", 1)[0] == package}
+    return found
+
+
+def top_level_imports(module: str, modules: set[str]) -> set[str]:
+    """The eqseg modules a module imports when it is run: its imports outside function bodies (by name too)."""
+    top: list[ast.AST] = []
+    todo: list[ast.AST] = [ast.parse(module_file(module).read_text())]
+    while todo:
+        node = todo.pop()
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                top.append(child)
+                todo.append(child)
+    found = _named(top, module, modules)
+    for node in top:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found |= _imports(node, modules)
+    return found
 
 
 def dep_path(module: str) -> str:
@@ -329,8 +370,20 @@ def dep_path(module: str) -> str:
     return f"src/eqseg/{parts[1]}" if (SRC / "eqseg" / parts[1]).is_dir() else f"src/eqseg/{parts[1]}.py"
 
 
+OPTIONS_LEAF = "options"  # eqseg/<domain>/options.py: a domain's params schemas (a leaf: tests/test_architecture.py)
+
+
 def code_deps(command: str, graph) -> list[str]:
-    return sorted({dep_path(m) for m in imported_modules(command, graph)})
+    """The stage's code deps: dep_path of every module it may import, but for a package reached only through its
+    options leaf (and run as the package above it), those two files."""
+    reached = imported_modules(command, graph)
+    whole = {dep_path(m) for m, imported in reached.items()
+             if imported and not (m.count(".") == 2 and m.endswith("." + OPTIONS_LEAF))}
+    deps = set()
+    for m in reached:
+        path = dep_path(m)
+        deps.add(path if path in whole or path.endswith(".py") else module_file(m).relative_to(ROOT).as_posix())
+    return sorted(deps)
 
 
 # ---- dvc.yaml

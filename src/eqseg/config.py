@@ -1,7 +1,8 @@
 """`params.yaml`, validated once: both orchestrators and every CLI command read the configuration through here.
 
 Unknown keys are errors (a typo must not silently fall back to a default), and every error names the key path
-and what is allowed, in one line.
+and what is allowed, in one line. The options of models, loss terms, weak kinds and expansions are typed beside
+their domains (eqseg/<domain>/options.py, torch-free leaves) and collected here (the options registry below).
 """
 
 from __future__ import annotations
@@ -9,18 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import ChainMap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from eqseg.classical.options import CLASSICAL_OPTIONS
 from eqseg.errors import EqsegError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from eqseg.losses.options import LOSS_TERMS, check_loss_spec  # noqa: F401  (LOSS_TERMS: part of the registry)
+from eqseg.models.options import NETWORK_OPTIONS
+from eqseg.utils.schema import Strict, first_error
+from eqseg.weak.options import EXPANSIONS, WEAK_KINDS
 
 
 # Names from params become folder names, Snakemake wildcards, DVC matrix keys and shell words: letters, digits and
@@ -47,7 +50,7 @@ def check_suffix(suffix: str) -> str:
     return suffix
 
 
-class SplitConfig(_Strict):
+class SplitConfig(Strict):
     """Leak-free spatial split: whole sources, whole groups of sources (the parts of one scene: pairs datasets with a
     `*` in images and masks), or square blocks of a scene with tiles placed inside one block only."""
 
@@ -78,7 +81,7 @@ def parse_colour(text: str) -> tuple[int, int, int]:
     raise ValueError(f"{text!r} is not a colour (write \"#RRGGBB\" or \"R,G,B\" with values 0-255, quoted in YAML)")
 
 
-class PairsDataset(_Strict):
+class PairsDataset(Strict):
     """A folder of images and a folder of masks with matching names (e.g. pathology tiles, EM slices), or one pair
     of folders per group: one `*` standing for a whole folder name in both (`data/x/*/images`, `data/x/*/masks`)
     makes each folder it matches a group (a scene cut into parts), whose sources are named `<group>_<image stem>`
@@ -152,7 +155,7 @@ class PairsDataset(_Strict):
         return {parse_colour(k): IGNORE_LABEL if c == "ignore" else c for k, c in (self.mask_colours or {}).items()}
 
 
-class Scene(_Strict):
+class Scene(Strict):
     """A GeoTIFF scene and its labels: vector shapes (`labels`) or a single-band class raster (`mask`), either in any
     CRS (a mask on another grid is resampled onto the scene's with nearest neighbour)."""
 
@@ -167,7 +170,7 @@ class Scene(_Strict):
         return self
 
 
-class GeoTiffDataset(_Strict):
+class GeoTiffDataset(Strict):
     """GeoTIFF scenes with vector labels (GeoJSON, GeoPackage, Shapefile) or raster label masks, in any CRS."""
 
     kind: Literal["geotiff"]
@@ -192,7 +195,7 @@ class GeoTiffDataset(_Strict):
         return self
 
 
-class Slide(_Strict):
+class Slide(Strict):
     """One whole-slide image and its labels: a mask raster (any pyramid level) or GeoJSON in level-0 pixels."""
 
     image: str
@@ -206,7 +209,7 @@ class Slide(_Strict):
         return self
 
 
-class SlideDataset(_Strict):
+class SlideDataset(Strict):
     """Pyramidal whole-slide images (tiled TIFF, OME-TIFF, SVS...) read at the level closest to a resolution."""
 
     kind: Literal["slide"]
@@ -232,7 +235,7 @@ class SlideDataset(_Strict):
         return self
 
 
-class SlideToBuild(_Strict):
+class SlideToBuild(Strict):
     """One slide assembled from the tiles of a group whose file names match `include`."""
 
     include: list[str] = Field(default_factory=list, description="globs on image file names; empty: every image")
@@ -240,7 +243,7 @@ class SlideToBuild(_Strict):
     source_mpp: float | None = Field(None, gt=0, description="microns per pixel of the tiles, if not mpp (resampled)")
 
 
-class SlideGroup(_Strict):
+class SlideGroup(Strict):
     """Slides assembled from real image tiles and masks by `eqseg make-slides NAME` into data/NAME/ (no real whole
     slide is small enough to ship). Tiles sit on a uniform grid of `cell_um` cells, so that a block split with
     blocks of that size keeps each source tile in one split."""
@@ -271,211 +274,15 @@ class SlideGroup(_Strict):
         return v
 
 
-class UNetOptions(_Strict):
-    """Options of `unet` (and of the escnn U-Nets c8_unet/d8_unet)."""
-
-    depth: int = Field(3, ge=1, le=8)
-    width: int = Field(16, gt=0)
-
-    @property
-    def tile_multiple(self) -> int:
-        return 2**self.depth
-
-
-class GroupUNetOptions(UNetOptions):
-    """Options of `p4_unet`/`p4m_unet`: width in raw channels; match the unet's raw width or its parameter count."""
-
-    match: Literal["channels", "params"] = "channels"
-
-
-class GridNetOptions(_Strict):
-    rows: int = Field(3, ge=1, le=8)
-    columns: int = Field(4, ge=2)
-    width: int = Field(8, gt=0)
-
-    @property
-    def tile_multiple(self) -> int:
-        return 2 ** (self.rows - 1)
-
-
-class _ClassicalOptions(_Strict):
-    """Classical baselines (eqseg.classical): fitted on the train split in seconds, no network. No `seed` option:
-    the grid cell's seed drives every random choice of a fit."""
-
-    normalise: Literal["image", "train"] = "image"
-    max_fit_tiles: int = Field(64, ge=1, description="train tiles the method is fitted on (a seeded sample)")
-
-    @property
-    def tile_multiple(self) -> int:
-        return 1
-
-
-class OtsuOptions(_ClassicalOptions):
-    pass
-
-
-class KmeansModelOptions(_ClassicalOptions):
-    k: int = Field(8, ge=2)
-
-
-class WatershedModelOptions(_ClassicalOptions):
-    min_distance: int = Field(3, ge=1)
-    min_size: int = Field(10, ge=0)
-    bg_margin: int = Field(2, ge=1)
-
-
-class FelzenszwalbOptions(_ClassicalOptions):
-    scale: float = Field(100.0, ge=0)
-    sigma: float = Field(0.8, ge=0)
-    min_size: int = Field(20, ge=1)
-    k: int = Field(6, ge=2)
-
-
-class SplitMergeOptions(_ClassicalOptions):
-    split_threshold: float = Field(0.75, ge=0)
-    min_block: int = Field(8, ge=1)
-    merge_threshold: float = Field(0.5, ge=0)
-    k: int = Field(6, ge=2)
-
-
-CLASSICAL_OPTIONS: dict[str, type[_ClassicalOptions]] = {
-    "otsu": OtsuOptions, "kmeans": KmeansModelOptions, "watershed": WatershedModelOptions,
-    "felzenszwalb": FelzenszwalbOptions, "split_merge": SplitMergeOptions,
-}
-
-# Every model name eqseg can train or fit, with its typed options (a test checks them against the builders).
-MODEL_OPTIONS: dict[str, type[_Strict]] = {
-    "unet": UNetOptions, "p4_unet": GroupUNetOptions, "p4m_unet": GroupUNetOptions, "gridnet": GridNetOptions,
-    "c8_unet": UNetOptions, "d8_unet": UNetOptions, **CLASSICAL_OPTIONS,
-}
-
-
-class _Term(_Strict):
-    weight: float = Field(ge=0)
-
-
-class LovaszTerm(_Term):
-    classes: Literal["present", "all"] = "present"
-    per_image: bool = False
-
-
-class DiceTerm(_Term):
-    classes: Literal["present", "all"] = "present"
-    smooth: float = Field(1.0, gt=0)
-
-
-class MilTerm(_Term):
-    pool: Literal["lse", "topk", "max", "mean"] = "lse"
-    sharpness: float = Field(5.0, gt=0)
-    top: float = Field(0.1, gt=0, le=1)
-
-
-# Loss terms and their typed options (eqseg.losses.TERMS has the same names; a test checks the options agree).
-LOSS_TERMS: dict[str, type[_Term]] = {"ce": _Term, "lovasz": LovaszTerm, "dice": DiceTerm, "mil": MilTerm, "consistency": _Term}
-
-
-def check_loss_spec(spec: dict) -> None:
-    """A loss spec maps terms to a weight or to {weight, **options}; at least one weight must be positive."""
-    if not isinstance(spec, dict) or not spec:
-        raise ValueError(f"must be a non-empty mapping of term to weight (terms: {', '.join(LOSS_TERMS)})")
-    positive = False
-    for name, value in spec.items():
-        if name not in LOSS_TERMS:
-            raise ValueError(f"unknown term {name!r} (allowed: {', '.join(LOSS_TERMS)})")
-        opts = dict(value) if isinstance(value, dict) else {"weight": value}
-        try:
-            term = LOSS_TERMS[name].model_validate(opts)
-        except ValidationError as err:
-            raise ValueError(_first_error(name, err)) from None
-        positive = positive or term.weight > 0
-    if not positive:
-        raise ValueError("every term has weight 0; give at least one a positive weight")
-
-
-_REGIONS = Field("objects", description="objects: class 0 is one background region, other classes' connected "
-                 "components are objects; all_classes: every connected region of every class (land cover) gets per_object")
-_MIN_REGION = Field(1, ge=1, description="regions (objects) smaller than this get no click or stroke")
-
-
-def _background_needs_objects(options):
-    if options.regions == "all_classes" and options.background is not None:
-        raise ValueError("background applies to regions: objects only (with all_classes every region gets per_object)")
-    return options
-
-
-class PointsOptions(_Strict):
-    per_object: int = Field(1, ge=1)
-    background: int | None = Field(None, ge=0)
-    focus: float = Field(2.0, ge=0)
-    regions: Literal["objects", "all_classes"] = _REGIONS
-    min_region_pixels: int = _MIN_REGION
-
-    _regions = model_validator(mode="after")(_background_needs_objects)
-
-
-class ScribblesOptions(_Strict):
-    per_object: int = Field(1, ge=1)
-    background: int | None = Field(None, ge=0)
-    width: int = Field(1, ge=1)
-    erosion: int = Field(2, ge=0)
-    length: int = Field(48, ge=1)
-    regions: Literal["objects", "all_classes"] = _REGIONS
-    min_region_pixels: int = _MIN_REGION
-
-    _regions = model_validator(mode="after")(_background_needs_objects)
-
-
-class BoxesOptions(_Strict):
-    inside: Literal["class", "unknown"] = "class"
-    jitter: int = Field(0, ge=0)
-
-
-class CoarseOptions(_Strict):
-    factor: int = Field(8, ge=2)
-    band: int | None = Field(None, ge=0)
-
-
-class TagsOptions(_Strict):
-    min_pixels: int = Field(1, ge=1)
-
-
-class PartialOptions(_Strict):
-    fraction: float = Field(0.1, gt=0, le=1)
-
-
-class RegionGrowingOptions(_Strict):
-    threshold: float = Field(1.0, gt=0)
-    max_steps: int = Field(64, ge=1)
-
-
-class WatershedOptions(_Strict):
-    compactness: float = Field(0.0, ge=0)
-
-
-class SuperpixelsOptions(_Strict):
-    algorithm: Literal["slic", "felzenszwalb"] = "slic"
-    segment_area: int = Field(64, ge=1)
-    compactness: float = Field(0.3, gt=0)
-    scale: float = Field(100.0, gt=0)
-
-
-class KmeansOptions(_Strict):
-    iterations: int = Field(10, ge=1)
-
-
-# Weak kinds and expansion methods of eqseg.weak with their typed options (a test checks they match the functions).
-WEAK_KINDS: dict[str, type[_Strict]] = {"points": PointsOptions, "scribbles": ScribblesOptions, "boxes": BoxesOptions,
-                                        "coarse": CoarseOptions, "tags": TagsOptions, "partial": PartialOptions}
-EXPANSIONS: dict[str, type[_Strict]] = {"none": _Strict, "region_growing": RegionGrowingOptions,
-                                        "watershed": WatershedOptions, "superpixels": SuperpixelsOptions,
-                                        "kmeans": KmeansOptions}
-
-
-def _first_error(where: str, err: ValidationError) -> str:
-    e = err.errors()[0]
-    key = ".".join(str(p) for p in e["loc"])
-    msg = "unknown option" if e["type"] == "extra_forbidden" else e["msg"]
-    return f"{where}.{key}: {msg} (got {e.get('input')!r})" if key else f"{where}: {msg}"
+# ---- the options registry. Each domain types its options in a leaf module beside its code, eqseg/<domain>/options.py
+# (pydantic and eqseg.utils only, no torch or numpy: tests/test_architecture.py checks it), and exports a table of
+# name -> schema; these are those tables, collected. They are the leaves' own dicts (MODEL_OPTIONS a live view of
+# two), so an entry added in a leaf is known here.
+#   MODEL_OPTIONS  every model name eqseg can train or fit: eqseg.models.options.NETWORK_OPTIONS (networks) and
+#                  eqseg.classical.options.CLASSICAL_OPTIONS (classical baselines, also re-exported from here)
+#   LOSS_TERMS     the terms of a loss spec (eqseg.losses.options, with check_loss_spec)
+#   WEAK_KINDS     the weak-label kinds, EXPANSIONS the expansion methods (eqseg.weak.options)
+MODEL_OPTIONS: ChainMap[str, type[Strict]] = ChainMap(NETWORK_OPTIONS, CLASSICAL_OPTIONS)
 
 
 DISTILL = "+distill"  # supervision suffix: a student trained on its weak parent's labels plus a teacher's pseudo-labels
@@ -523,7 +330,7 @@ def parse_supervision(name: str) -> Supervision:
 DatasetConfig = Annotated[Union[PairsDataset, GeoTiffDataset, SlideDataset], Field(discriminator="kind")]
 
 
-class TileConfig(_Strict):
+class TileConfig(Strict):
     size: int = Field(128, gt=0, description="tile side in pixels, a multiple of 2**depth of every model")
     overlap: int = Field(0, ge=0)
     min_valid_fraction: float = Field(0.01, ge=0, le=1, description="drop tiles with less valid (non-nodata) area")
@@ -535,7 +342,7 @@ class TileConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     epochs: int = Field(8, gt=0)
     batch_size: int = Field(8, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -563,7 +370,7 @@ class TrainConfig(_Strict):
     )
 
 
-class EvaluateConfig(_Strict):
+class EvaluateConfig(Strict):
     batch_size: int = Field(16, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     n_preview: int = Field(6, ge=1, description="test tiles drawn in predictions.png")
@@ -581,7 +388,7 @@ class EvaluateConfig(_Strict):
         return v
 
 
-class PredictConfig(_Strict):
+class PredictConfig(Strict):
     """Sliding-window prediction of whole scenes and slides (`eqseg predict`)."""
 
     window: int | None = Field(None, gt=0, description="window side in pixels; None: the model's tile size")
@@ -601,7 +408,7 @@ class PredictConfig(_Strict):
         return self
 
 
-class DigitsConfig(_Strict):
+class DigitsConfig(Strict):
     """The rotated-digits check (Cohen & Welling 2016): CNN vs P4CNN on upright MNIST, tested rotated."""
 
     models: list[Literal["cnn", "p4cnn"]] = ["cnn", "p4cnn"]
@@ -612,7 +419,7 @@ class DigitsConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-class NormaliseConfig(_Strict):
+class NormaliseConfig(Strict):
     """How pixel values become network inputs: one recorded choice, applied the same way by train, evaluate, predict
     and predict-dataset, and written into model.pt and every metrics file.
 
@@ -634,7 +441,7 @@ class NormaliseConfig(_Strict):
         return self
 
 
-class DistillConfig(_Strict):
+class DistillConfig(Strict):
     """Self-training by data distillation (Radosavovic et al. 2018): the teacher's softmax averaged over the 8 D4
     transforms labels the pixels its weak labels leave open, where it is confident."""
 
@@ -645,7 +452,7 @@ class DistillConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-class MlflowConfig(_Strict):
+class MlflowConfig(Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "eqseg"
 
@@ -665,14 +472,14 @@ class MlflowConfig(_Strict):
 VARIANTS = ("none", "d4", "consistency")
 
 
-class TestOn(_Strict):
+class TestOn(Strict):
     """Score the models trained on `dataset` also on `testset` (data from elsewhere, same classes)."""
 
     dataset: str
     testset: str
 
 
-class GridConfig(_Strict):
+class GridConfig(Strict):
     """The experiment grid: every combination is one cell, one training, one MLflow run."""
 
     datasets: list[str] = Field(min_length=1)
@@ -726,7 +533,7 @@ class GridConfig(_Strict):
         return v
 
 
-class CellRef(_Strict):
+class CellRef(Strict):
     """One trained cell of the grid, named by its axes (dataset given by the comparison)."""
 
     model: str
@@ -736,7 +543,7 @@ class CellRef(_Strict):
     seed: int = 0
 
 
-class CompareConfig(_Strict):
+class CompareConfig(Strict):
     """A pair of trained models whose representations `eqseg compare` puts side by side (CKA, invariance)."""
 
     name: str
@@ -754,7 +561,7 @@ class CompareConfig(_Strict):
         return dict(dataset=self.dataset, **getattr(self, which).model_dump())
 
 
-class WeakConfig(_Strict):
+class WeakConfig(Strict):
     """Weak-label generation: options per kind, options per expansion method, and the seed (labels are data)."""
 
     seed: int = 0
@@ -765,7 +572,7 @@ class WeakConfig(_Strict):
         "e.g. {dubai_aerial: {points: {regions: all_classes}}} (land cover: every class is regions, no background)")
 
 
-class Params(_Strict):
+class Params(Strict):
     datasets: dict[str, DatasetConfig]
     slides: dict[str, SlideGroup] = Field(default_factory=dict, description="slides built into data/NAME/ before tiling")
     tile: TileConfig = TileConfig()
@@ -815,7 +622,7 @@ class Params(_Strict):
             try:
                 typed = MODEL_OPTIONS[arch].model_validate({k: v for k, v in (options or {}).items() if k != "arch"})
             except ValidationError as err:
-                raise ValueError(_first_error(f"models.{name}", err)) from None
+                raise ValueError(first_error(f"models.{name}", err)) from None
             if name in self.grid.models and self.tile.size % typed.tile_multiple:
                 raise ValueError(f"tile.size ({self.tile.size}) must be a multiple of {typed.tile_multiple} for model "
                                  f"{name!r} (2**depth)")
@@ -852,7 +659,7 @@ class Params(_Strict):
                 try:
                     table[name].model_validate(opts or {})
                 except ValidationError as err:
-                    raise ValueError(_first_error(f"{key}.{name}", err)) from None
+                    raise ValueError(first_error(f"{key}.{name}", err)) from None
         for dataset, kinds in self.weak.dataset_options.items():
             if dataset not in self.datasets:
                 raise ValueError(f"weak.dataset_options: unknown dataset {dataset!r} (defined: {sorted(self.datasets)})")
@@ -862,7 +669,7 @@ class Params(_Strict):
                 try:
                     WEAK_KINDS[kind].model_validate(self.weak_options(dataset, kind))
                 except ValidationError as err:
-                    raise ValueError(_first_error(f"weak.dataset_options.{dataset}.{kind}", err)) from None
+                    raise ValueError(first_error(f"weak.dataset_options.{dataset}.{kind}", err)) from None
 
     def weak_options(self, dataset: str, kind: str) -> dict[str, Any]:
         """The options of a weak kind for one dataset's labels: weak.options, then weak.dataset_options over them."""

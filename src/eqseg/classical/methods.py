@@ -53,7 +53,7 @@ from eqseg.classical.common import (
     region_means,
 )
 from eqseg.errors import EqsegError
-from eqseg.utils.options import require_choice, require_float, require_int
+from eqseg.utils.checks import require_choice, require_float, require_int
 
 MAX_SAMPLES = 20_000  # train pixels (per image) that k-means sees
 COMMON = {"normalise": (("image", "train"), None, "image")}

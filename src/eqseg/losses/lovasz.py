@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from eqseg.losses.pixel import IGNORE, as_float, one_hot
-from eqseg.utils.options import require_choice
+from eqseg.utils.checks import require_choice
 
 
 def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from eqseg.losses.pixel import as_float
-from eqseg.utils.options import require_choice, require_float
+from eqseg.utils.checks import require_choice, require_float
 
 POOLS = ("lse", "topk", "max", "mean")
 

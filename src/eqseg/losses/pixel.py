@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from eqseg.utils.options import require_choice, require_float
+from eqseg.utils.checks import require_choice, require_float
 
 from eqseg.labels import IGNORE
 

@@ -2,54 +2,23 @@
 
 `generate(mask, kind, seed, **options)` is the one entry point to the generators; `expand(image, labels, method)`
 densifies sparse labels; `make_weak_labels` (in `store`) does both over the train tiles of a tile store.
+
+Importing this package imports no numpy: loading params imports its options leaf (eqseg.weak.options, the typed
+options of every kind and expansion) through it. The names below come from eqseg.weak.simulate, loaded on first use.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from eqseg.errors import EqsegError
-from eqseg.weak.expand import METHODS, expand
-from eqseg.weak.generators import EFFORT_UNITS, IGNORE, PER_TILE, Annotation, partial
-from eqseg.utils.options import check_known, require_seed
-
-LABEL_KINDS = (*PER_TILE, "partial")  # the kinds of weak labels `generate` simulates (options: config.WEAK_KINDS)
-
-__all__ = ["LABEL_KINDS", "METHODS", "EFFORT_UNITS", "IGNORE", "Annotation", "annotate", "check_kind", "expand", "generate"]
+__all__ = ["EFFORT_UNITS", "IGNORE", "LABEL_KINDS", "METHODS", "Annotation", "annotate", "check_kind", "expand", "generate"]
 
 
-def check_kind(kind: str) -> None:
-    if kind not in LABEL_KINDS:
-        raise EqsegError(f"weak: unknown kind {kind!r} (allowed: {', '.join(LABEL_KINDS)})")
+def __getattr__(name: str):
+    if name in __all__:
+        from eqseg.weak import simulate
+
+        return getattr(simulate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _check_mask(mask: np.ndarray, ndim: int, kind: str) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.dtype != np.uint8 or mask.ndim != ndim:
-        shape = "(N, H, W)" if ndim == 3 else "(H, W)"
-        raise EqsegError(f"weak.{kind}: mask must be a {shape} uint8 array of class ids (got {mask.ndim}-d {mask.dtype})")
-    return mask
-
-
-def annotate(mask: np.ndarray, kind: str, rng: np.random.Generator, **options) -> Annotation:
-    """Labels and annotation effort of one tile for a per-tile kind (all but `partial`)."""
-    check_kind(kind)
-    if kind == "partial":
-        raise EqsegError("weak.partial: chooses among tiles; pass a (N, H, W) stack to generate() or use make_weak_labels")
-    fn = PER_TILE[kind]
-    check_known(f"weak.{kind}", fn, options, skip=2)
-    return fn(_check_mask(mask, 2, kind), rng, **options)
-
-
-def generate(mask: np.ndarray, kind: str, seed: int = 0, **options) -> np.ndarray:
-    """Weak labels of a dense mask: uint8 map of the mask's shape, 255 = no label; same seed, same bytes.
-
-    `tags` returns the sorted class ids present instead; `partial` takes a (N, H, W) stack of tiles.
-    """
-    check_kind(kind)
-    seed = require_seed(seed)
-    if kind == "partial":
-        check_known("weak.partial", partial, options, skip=3)
-        masks = _check_mask(mask, 3, kind)
-        return partial(masks, np.arange(len(masks)), seed, **options).labels
-    return annotate(mask, kind, np.random.default_rng(seed), **options).labels
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

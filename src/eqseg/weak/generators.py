@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
 from eqseg.errors import EqsegError
-from eqseg.utils.options import require_choice, require_float, require_int
+from eqseg.utils.checks import require_choice, require_float, require_int
 
 from eqseg.labels import IGNORE
 EIGHT = np.ones((3, 3), dtype=bool)

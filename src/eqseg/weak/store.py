@@ -10,9 +10,9 @@ import numpy as np
 
 from eqseg.errors import EqsegError
 from eqseg.weak import EFFORT_UNITS, annotate, check_kind
-from eqseg.weak.expand import check_method, expand
+from eqseg.weak.expansion import check_method, expand
 from eqseg.weak.generators import IGNORE, partial, tags
-from eqseg.utils.options import check_known, require_int, require_seed
+from eqseg.utils.checks import check_known, require_int, require_seed
 from eqseg.weak.quality import label_counts, summarise
 
 

@@ -15,7 +15,7 @@ from skimage.segmentation import watershed as skimage_watershed
 
 from eqseg.errors import EqsegError
 from eqseg.weak.generators import IGNORE, objects
-from eqseg.utils.options import check_known, require_choice, require_float, require_int
+from eqseg.utils.checks import check_known, require_choice, require_float, require_int
 
 
 def features(image: np.ndarray) -> np.ndarray:
