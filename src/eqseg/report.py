@@ -90,10 +90,9 @@ def distill_markdown(gains: pd.DataFrame) -> str:
              "teacher | Δ [95 % CI] | open pixels labelled | their precision | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in gains.to_dict("records"):
-        ci = f" [{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}]" if r["n"] > 1 else ""
         lines.append(f"| {r['dataset']} | {r['test_set']} | {r['model']} | {r['variant']} | {int(r['budget'])} % | "
                      f"{r['supervision']} | {r['parent']} | {_fmt(r['student'])} / {_fmt(r['teacher'])} | "
-                     f"{r['diff']:+.3f}{ci} | {_fmt(r['kept_fraction'])} | {_fmt(r['pseudo_precision'])} | {r['n']} |")
+                     f"{_delta(r)} | {_fmt(r['kept_fraction'])} | {_fmt(r['pseudo_precision'])} | {r['n']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,6 +123,12 @@ def wide(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _fmt(v, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _delta(r: dict) -> str:
+    """A paired difference with its interval, "+0.012 [-0.003, 0.027]" (no interval for one pair)."""
+    ci = f" [{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}]" if r["n"] > 1 else ""
+    return f"{r['diff']:+.3f}{ci}"
 
 
 def to_markdown(w: pd.DataFrame, table: pd.DataFrame) -> str:
@@ -396,10 +401,9 @@ def weak_vs_full_markdown(ratios: pd.DataFrame) -> str:
     lines = ["| dataset | test set | model | variant | budget | supervision | test mIoU weak / full | ratio | "
              "Δ weak − full [95 % CI] | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in ratios.to_dict("records"):
-        ci = f" [{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}]" if r["n"] > 1 else ""
         lines.append(f"| {r['dataset']} | {r['test_set']} | {r['model']} | {r['variant']} | {int(r['budget'])} % | "
                      f"{r['supervision']} | {_fmt(r['weak'])} / {_fmt(r['full'])} | {_fmt(r['ratio'], 2)} | "
-                     f"{r['diff']:+.3f}{ci} | {r['n']} |")
+                     f"{_delta(r)} | {r['n']} |")
     return "\n".join(lines) + "\n"
 
 
