@@ -156,6 +156,9 @@ def test_report_has_a_column_per_test_set():
     assert not any(line.startswith("| c |") for line in lines)
     single = [r for r in rows if r["dataset"] == "c"]
     assert by_test_set(wide(report_summary(pd.DataFrame(single)))) == ""
+    # a partial run: a cell scored on one test set only shows "-" for the other, not nan
+    partial = [r for r in rows if not (r["model"] == "p4m_unet" and r["testset"] == "b")]
+    assert "| a | p4m_unet | none | full | 100 % | 0.710 ± 0.010 | - |" in by_test_set(wide(report_summary(pd.DataFrame(partial)))).splitlines()
 
 
 # --------------------------------------------------------------------------------------------- against scipy

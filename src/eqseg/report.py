@@ -171,7 +171,8 @@ def by_test_set(w: pd.DataFrame) -> str:
              "|---|---|---|---|---|" + "---|" * len(sets)]
     for key, row in table.iterrows():
         d, m, v, s, b = key
-        lines.append(f"| {d} | {m} | {v} | {s} | {int(b)} % | " + " | ".join(str(row.get(t, "-")) for t in sets) + " |")
+        texts = [row.get(t) if isinstance(row.get(t), str) else "-" for t in sets]  # a test set not scored yet: "-"
+        lines.append(f"| {d} | {m} | {v} | {s} | {int(b)} % | " + " | ".join(texts) + " |")
     return "\n".join(lines) + "\n"
 
 
