@@ -34,7 +34,7 @@ def crop_pairs(folder: Path, names: list[str], size: int, darken: dict[str, floa
         Image.fromarray(mask).save(folder / "masks" / f"{name}_mask.png")
 
 
-def params_for(tmp: Path, folder: Path, mode: str, adabn: bool = False):
+def params_for(tmp: Path, folder: Path, mode: str, adabn: bool = False, **sections):
     p = yaml.safe_load((Path(__file__).parent / "smoke" / "params.yaml").read_text())
     p.pop("slides")
     p["grid"]["test_on"], p["compare"] = [], []  # smoke extras that name its datasets
@@ -46,6 +46,8 @@ def params_for(tmp: Path, folder: Path, mode: str, adabn: bool = False):
     p["predict"] = {"window": TILE, "overlap": 0, "batch_size": 8}
     p["normalise"] = {"mode": mode, "adabn": adabn}
     p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    for section, values in sections.items():  # e.g. evaluate={"batch_size": 4}
+        p[section] |= values
     return parse_params(p)
 
 
@@ -154,6 +156,37 @@ def test_evaluate_and_predict_dataset_agree(crops, mode, adabn, tmp_path):
     assert m["miou_macro"] == pytest.approx(scenes["pooled"]["test"]["miou_macro"], abs=1e-12)
     assert m["normalise"] == mode and all(p["normalise"] == mode for p in per_source)
     assert m["adabn"] is adabn and all(p["adabn"] is adabn for p in per_source)
+
+
+def test_adabn_is_one_setting_not_the_scoring_batch(crops, tmp_path):
+    """AdaBN's statistics are averages of per-batch statistics, so the batch of its pass changes the adapted model:
+    that batch is normalise.adabn_batch_size, the same in evaluate, the normalisation axis and predict-dataset; the
+    scoring batch (evaluate.batch_size, a speed knob) changes no score."""
+    from eqseg.evaluate.run import evaluate
+    from eqseg.predict.run import predict_dataset
+
+    tmp, _ = crops
+
+    def scored(name: str, eval_batch: int, adabn_batch: int) -> tuple[np.ndarray, dict]:
+        params = params_for(tmp, tmp / "data", "train", adabn=True, train={"precision": "fp32"},
+                            evaluate={"batch_size": eval_batch, "normalise_modes": ["dataset+adabn"]},
+                            normalise={"adabn_batch_size": adabn_batch})
+        m = evaluate(params, tmp / "model", tmp / "tiles", tmp_path / name)
+        return np.loadtxt(tmp_path / name / "confusion.csv", delimiter=",", dtype=np.int64), m
+
+    cm_small, m_small = scored("small", eval_batch=3, adabn_batch=8)
+    cm_large, m_large = scored("large", eval_batch=36, adabn_batch=8)
+    assert np.array_equal(cm_small, cm_large)
+    assert m_small["mode_dataset_adabn_miou_macro"] == pytest.approx(m_large["mode_dataset_adabn_miou_macro"], abs=1e-12)
+    assert m_small["adabn_batch_size"] == 8
+    cm_other, _ = scored("other", eval_batch=36, adabn_batch=2)  # the setting itself is real: another adapted model
+    assert not np.array_equal(cm_other, cm_large)
+    params = params_for(tmp, tmp / "data", "train", adabn=True, train={"precision": "fp32"},
+                        evaluate={"batch_size": 5}, predict={"batch_size": 7}, normalise={"adabn_batch_size": 8})
+    r = predict_dataset(params, tmp / "model", "crops", tmp / "tiles", tmp_path / "pred")
+    cm_pred = sum(np.asarray(json.loads((tmp_path / "pred" / f"{s}.json").read_text())["test"]["confusion"])
+                  for s in r["sources"])
+    assert np.array_equal(cm_pred, cm_large)
 
 
 def _pixelwise(in_channels: int, num_classes: int, width: int = 8) -> torch.nn.Module:

@@ -432,6 +432,9 @@ class NormaliseConfig(Strict):
                                                           "fitted on the training split first (needs mode train)")
     adabn: bool = Field(False, description="evaluate/predict: re-estimate batch-norm statistics on the scored dataset's "
                                            "test tiles (images only; AdaBN), recorded beside the scores")
+    adabn_batch_size: int = Field(16, ge=1, description="tiles per batch of the AdaBN pass (in tile order): the "
+                                  "statistics are averages of per-batch statistics, so the batch changes the adapted "
+                                  "model; one setting here, not evaluate's or predict's speed knob")
 
 
     @model_validator(mode="after")

@@ -36,7 +36,7 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
         raise EqsegError(f"{tiles}: the test split has no tiles")
     normaliser = normaliser_for(params.normalise.mode, info, store, test_ids)
     if params.normalise.adabn:
-        adapt_to_store(model, store, test_ids, normaliser, cfg.batch_size, device)
+        adapt_to_store(model, store, test_ids, normaliser, params.normalise.adabn_batch_size, device)
     ranking = HistogramAP(store.meta.num_classes)
     cm = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, precision, ranking=ranking)
     preview = preview_ids(store, test_ids, cfg.n_preview)
@@ -44,13 +44,16 @@ def evaluate(params: Params, model_dir: Path, tiles: Path, out: Path) -> dict:
     classes = store.meta.classes
     metrics = (scores(cm, classes) | dice_scores(cm, classes) | ranking.compute(classes)
                | {"n_test_tiles": int(len(test_ids)), "normalise": normaliser.mode, "adabn": params.normalise.adabn,
+                  **({"adabn_batch_size": params.normalise.adabn_batch_size}
+                     if params.normalise.adabn or any("adabn" in m for m in cfg.normalise_modes) else {}),
                   "select": info.select, "precision": precision, "trained_precision": info.precision}
                | equivariance_errors(model, x))
     if cfg.tta:  # the D4 test-time augmentation control, for every model
         cm_tta = confusion_on(model, store, test_ids, cfg.batch_size, device, normaliser, precision, tta=True)
         metrics |= {f"tta_{k}": v for k, v in scores(cm_tta, classes).items()}
     for label in cfg.normalise_modes:  # the normalisation axis: the same model, other inputs
-        metrics |= mode_scores(label, model_dir, info, store, test_ids, cfg.batch_size, device, precision)
+        metrics |= mode_scores(label, model_dir, info, store, test_ids, cfg.batch_size, device, precision,
+                               params.normalise.adabn_batch_size)
     with atomic_dir(out) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "inputs.json", {"normalise": normaliser.record, "model": info.model_dump(exclude={"band_mean", "band_std"})})
@@ -77,7 +80,7 @@ def mode_key(label: str) -> str:
 
 
 def mode_scores(label: str, model_dir: Path, info, store: TileStore, test_ids: np.ndarray, batch_size: int,
-                device: torch.device, precision: str) -> dict:
+                device: torch.device, precision: str, adabn_batch_size: int = 16) -> dict:
     """Scores of the test tiles under one normalisation `label` (mode, "+adabn" for AdaBN on the test tiles), with a
     freshly loaded model (AdaBN rewrites batch-norm statistics). A model trained with a stain reference only makes
     sense under train: other modes give no scores (NaN), said in `mode_<label>_skipped`."""
@@ -88,7 +91,7 @@ def mode_scores(label: str, model_dir: Path, info, store: TileStore, test_ids: n
     model, _ = load_trained(model_dir, device)
     normaliser = normaliser_for(mode, info, store, test_ids)
     if adapt:
-        adapt_to_store(model, store, test_ids, normaliser, batch_size, device)
+        adapt_to_store(model, store, test_ids, normaliser, adabn_batch_size, device)
     cm = confusion_on(model, store, test_ids, batch_size, device, normaliser, precision)
     return {f"{key}{k}": v for k, v in scores(cm, store.meta.classes).items() if k != "pixels"}
 

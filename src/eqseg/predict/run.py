@@ -288,7 +288,7 @@ def predict(params: Params, model_dir: Path, out: Path, dataset: str | None = No
         footprints = test_footprints(tiles, src.name) if tiles else None
         normaliser = source_normaliser(params.normalise.mode, info, src, tiles)
         if params.normalise.adabn:
-            adabn(model, info, normaliser, tiles, params.evaluate.batch_size, device)
+            adabn(model, info, normaliser, tiles, params.normalise.adabn_batch_size, device)
         metrics = predict_source(model, info, src, cfg, device, out, proba, footprints, labelled=raster is None,
                                  normaliser=normaliser, adabn_used=params.normalise.adabn, precision=precision)
     finally:
