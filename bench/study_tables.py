@@ -2,7 +2,7 @@
 
     /work/main/.venv/bin/python bench/study_tables.py docs/results/study_weak [--baseline unet]
 
-Prints markdown: (1) the answer per supervision: the baseline's test mIoU and each other model's paired difference
+Prints markdown: (0) every cell's test mIoU, a column per model; (1) the answer per supervision: the baseline's test mIoU and each other model's paired difference
 to it per seed with its 95 % t interval (summary.csv), a column per model, in-domain and external test sets as rows;
 (2) weak / full per model (weak_full.csv); (3) the normalisation modes, mean over cells per test set and model, with
 the paired difference to `train` (modes.csv); (4) per-class IoU (per_class.csv). Files the report has not written
@@ -18,6 +18,17 @@ import numpy as np
 import pandas as pd
 
 
+def ordered(table: pd.DataFrame, baseline: str = "unet") -> pd.DataFrame:
+    """Rows in reading order: per trained dataset its own test set first, full labels first, the baseline model first
+    (a partial run's files list cells in the order they finished)."""
+    keys = {"dataset": {v: v for v in table.dataset},
+            "supervision": {v: (v != "full", "+" in v, v) for v in table.supervision},  # full, weak, weak+expansion
+            "model": {v: (v != baseline, v) for v in table.model}}
+    return table.assign(_own=table.dataset != table.test_set).sort_values(
+        ["dataset", "_own", "test_set", "supervision", "model"], kind="stable",
+        key=lambda col: col.map(keys[col.name]) if col.name in keys else col).drop(columns="_own")
+
+
 def _fmt(v, digits: int = 3) -> str:
     return "-" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
@@ -30,8 +41,8 @@ def _diff(r) -> str:
 
 
 def answer(summary: pd.DataFrame, baseline: str = "unet") -> str:
-    s = summary[summary.metric == "miou_macro"]
-    models = [m for m in dict.fromkeys(s.model) if m != baseline]
+    s = ordered(summary[summary.metric == "miou_macro"], baseline)
+    models = sorted(set(s.model) - {baseline})
     lines = [f"| trained on | tested on | supervision | {baseline} test mIoU | "
              + " | ".join(f"{m}: Δ vs {baseline} [95 % CI]" for m in models) + " | seeds |",
              "|---|---|---|---|" + "---|" * (len(models) + 1)]
@@ -44,6 +55,19 @@ def answer(summary: pd.DataFrame, baseline: str = "unet") -> str:
         cells = [_diff(by.loc[m]) if m in by.index else "-" for m in models]
         seeds = int(part.n.min())
         lines.append(f"| {d} | {t} | {sup} | {base} | " + " | ".join(cells) + f" | {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
+def grid(summary: pd.DataFrame) -> str:
+    """Every cell's test mIoU (mean over the seeds done, their count in brackets), a column per model: the whole grid
+    at a glance, "-" where no seed is scored yet (a partial run)."""
+    s = ordered(summary[summary.metric == "miou_macro"])
+    models = sorted(set(s.model), key=lambda m: (m != "unet", m))
+    lines = ["| trained on | tested on | supervision | " + " | ".join(models) + " |", "|---|---|---|" + "---|" * len(models)]
+    for (d, t, sup), part in s.groupby(["dataset", "test_set", "supervision"], sort=False):
+        by = part.set_index("model")
+        lines.append(f"| {d} | {t} | {sup} | " + " | ".join(
+            f"{_fmt(by.loc[m, 'mean'])} ({int(by.loc[m, 'n'])})" if m in by.index else "-" for m in models) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -88,7 +112,8 @@ def main() -> None:
     ap.add_argument("--baseline", default="unet")
     args = ap.parse_args()
     read = lambda name: pd.read_csv(args.folder / name) if (args.folder / name).is_file() else pd.DataFrame()  # noqa: E731
-    sections = [("Answer per supervision", read("summary.csv"), lambda t: answer(t, args.baseline)),
+    sections = [("Every cell", read("summary.csv"), grid),
+                ("Answer per supervision", read("summary.csv"), lambda t: answer(t, args.baseline)),
                 ("Weak / full", read("weak_full.csv"), weak_full), ("Normalisation modes", read("modes.csv"), modes),
                 ("Per class", read("per_class.csv"), per_class)]
     for title, table, render in sections:
