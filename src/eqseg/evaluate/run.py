@@ -80,7 +80,7 @@ def mode_key(label: str) -> str:
 
 
 def mode_scores(label: str, model_dir: Path, info, store: TileStore, test_ids: np.ndarray, batch_size: int,
-                device: torch.device, precision: str, adabn_batch_size: int = 16) -> dict:
+                device: torch.device, precision: str, adabn_batch_size: int) -> dict:
     """Scores of the test tiles under one normalisation `label` (mode, "+adabn" for AdaBN on the test tiles), with a
     freshly loaded model (AdaBN rewrites batch-norm statistics). A model trained with a stain reference only makes
     sense under train: other modes give no scores (NaN), said in `mode_<label>_skipped`."""
