@@ -10,7 +10,7 @@ import torch
 
 from eqseg.errors import EqsegError
 from eqseg.metrics import confusion
-from eqseg.metrics.objects import ObjectScores, aji_counts, instances_from_classes, match_objects, overlap
+from eqseg.metrics.objects import ObjectScores, aji_counts, instances_from_classes, match_objects, overlap, overlap_pairs
 from eqseg.metrics.ranking import HistogramAP, average_precision_exact, dice_scores
 
 
@@ -558,3 +558,52 @@ def test_probabilities_rounded_just_above_one_land_in_the_top_bin(spacing):
         _warnings.simplefilter("error")  # and quietly: no invalid-value warning from the logit
         bins = ap._bin(np.array([1.0, 1.0 + 5e-7, 0.0, -5e-7]))
     assert bins.tolist() == [ap.bins - 1, ap.bins - 1, 0, 0]
+
+
+@pytest.mark.parametrize("dense_pairs, lut_ids", [(0, 0), (1 << 40, 1 << 30)])
+def test_object_scores_agree_with_brute_force_on_both_counting_paths(dense_pairs, lut_ids, monkeypatch):
+    """Intersections counted sparsely (sort of the touching pairs) or in a dense table, ids renumbered by a sort or
+    a lookup table: the same counts as the brute-force reference either way."""
+    from eqseg.metrics import objects
+
+    monkeypatch.setattr(objects, "DENSE_PAIRS", dense_pairs)
+    monkeypatch.setattr(objects, "LUT_IDS", lut_ids)
+    for seed in (0, 1):
+        for truth, pred, valid in _random_images(seed):
+            ref = _ref_image(truth, pred, valid)
+            assert match_objects(truth, pred, 0.5, valid) + aji_counts(truth, pred, valid) == ref
+            big = truth.astype(np.int64) * 10**12  # ids far beyond any lookup table: renumbered by a sort
+            assert match_objects(big, pred, 0.5, valid) + aji_counts(big, pred, valid) == ref
+
+
+def test_object_scores_of_tens_of_thousands_of_objects_need_only_their_touching_pairs():
+    """17,956 true and 17,956 predicted 2 x 2 objects, one per 3 x 3 cell, each prediction its truth moved one column
+    (IoU 2/6): a dense n_t x n_p table of intersections would need 2.6 GB; the sparse pairs hold one per object.
+    By hand: no match at IoU 0.5, AJI C = n x 2 and U = n x 6."""
+    cells = 134
+    n = cells * cells
+    ids = (np.arange(n, dtype=np.int32) + 1).reshape(cells, cells)
+    truth = np.zeros((3 * cells, 3 * cells), dtype=np.int32)
+    pred = np.zeros_like(truth)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            truth[dy::3, dx::3] = ids
+            pred[dy::3, dx + 1::3] = ids[:, ::-1]  # other ids than the truth's: matching must not rely on them
+    import tracemalloc
+
+    area_t, area_p, ti, pj, inter = overlap_pairs(truth, pred)
+    assert area_t.size == area_p.size == n and ti.size == n and set(inter.tolist()) == {2}
+    acc = ObjectScores(0.5)
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc
+    try:
+        acc.update(pred, truth)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100e6, f"{peak / 1e6:.0f} MB for {truth.size / 1e6:.2f} MP"  # the maps are 0.65 MB each
+    out = acc.compute()
+    assert (out["obj_tp"], out["obj_fp"], out["obj_fn"]) == (0, n, n)
+    assert (out["aji_c"], out["aji_u"]) == (2 * n, 6 * n)
+    acc = ObjectScores(0.3)  # IoU 1/3 >= 0.3: every object matched one to one
+    acc.update(pred, truth)
+    assert (acc.compute()["obj_tp"], acc.compute()["obj_fp"]) == (n, 0)

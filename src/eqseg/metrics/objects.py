@@ -35,17 +35,30 @@ def instances_from_classes(class_map: np.ndarray, cls: int, connectivity: int = 
     return labels.astype(np.int32)
 
 
+DENSE_PAIRS = 1 << 20  # up to this many (true, predicted) pairs, count intersections in a dense table
+LUT_IDS = 1 << 16  # ids up to this (plus 4 per pixel) are renumbered by a lookup table, larger ones by a sort
+
+
 def _relabel(inst: np.ndarray) -> tuple[np.ndarray, int]:
-    """Instance ids renumbered to 0..n (0 stays background)."""
+    """Instance ids renumbered to 0..n in the order of the ids (0 stays background). A lookup table over the ids
+    when they are small non-negative integers (label maps are), else a sort (np.unique)."""
+    flat = inst.ravel()
+    if flat.size and flat.dtype.kind in "iub" and flat.min() >= 0 and int(flat.max()) <= LUT_IDS + 4 * flat.size:
+        present = np.bincount(flat.astype(np.int64, copy=False))
+        present[0] = 0
+        lut = np.cumsum(present > 0)
+        return lut[flat].reshape(inst.shape), int(lut[-1])
     ids, inv = np.unique(inst, return_inverse=True)
     inv = inv.reshape(inst.shape)
-    if ids[0] != 0:
+    if ids.size and ids[0] != 0:
         return inv + 1, ids.size
-    return inv, ids.size - 1
+    return inv, max(ids.size - 1, 0)
 
 
-def overlap(true_inst: np.ndarray, pred_inst: np.ndarray, valid: np.ndarray | None = None):
-    """Areas and pairwise intersections of two instance maps: (area_true (n_t,), area_pred (n_p,), inter (n_t, n_p))."""
+def overlap_pairs(true_inst: np.ndarray, pred_inst: np.ndarray, valid: np.ndarray | None = None):
+    """Areas of both maps' objects and their intersections as sparse pairs: (area_t (n_t,), area_p (n_p,),
+    ti, pj, inter), one entry per (true, predicted) pair sharing at least one pixel, sorted by (ti, pj). Sparse,
+    so a slide with tens of thousands of nuclei needs memory for its touching pairs only, not n_t x n_p."""
     true_inst, pred_inst = np.asarray(true_inst), np.asarray(pred_inst)
     if true_inst.shape != pred_inst.shape or true_inst.ndim != 2:
         raise EqsegError(f"object metrics: true {true_inst.shape} and predicted {pred_inst.shape} instance maps "
@@ -59,21 +72,32 @@ def overlap(true_inst: np.ndarray, pred_inst: np.ndarray, valid: np.ndarray | No
     area_t = np.bincount(t.ravel(), minlength=n_t + 1)[1:]
     area_p = np.bincount(p.ravel(), minlength=n_p + 1)[1:]
     both = (t > 0) & (p > 0)
-    pair = (t[both].astype(np.int64) - 1) * max(n_p, 1) + (p[both].astype(np.int64) - 1)
-    inter = np.bincount(pair, minlength=n_t * n_p).reshape(n_t, n_p) if n_t and n_p else np.zeros((n_t, n_p), np.int64)
+    code = (t[both].astype(np.int64) - 1) * max(n_p, 1) + (p[both].astype(np.int64) - 1)
+    if n_t * n_p <= max(4 * code.size, DENSE_PAIRS):
+        counts = np.bincount(code, minlength=n_t * n_p)
+        code = np.flatnonzero(counts)
+        inter = counts[code]
+    else:
+        code, inter = np.unique(code, return_counts=True)
+    ti, pj = np.divmod(code, max(n_p, 1))
+    return area_t, area_p, ti, pj, inter.astype(np.int64)
+
+
+def overlap(true_inst: np.ndarray, pred_inst: np.ndarray, valid: np.ndarray | None = None):
+    """Areas and pairwise intersections as a dense matrix: (area_t (n_t,), area_p (n_p,), inter (n_t, n_p));
+    for small maps and tests (the scores use the sparse `overlap_pairs`)."""
+    area_t, area_p, ti, pj, counts = overlap_pairs(true_inst, pred_inst, valid)
+    inter = np.zeros((area_t.size, area_p.size), dtype=np.int64)
+    inter[ti, pj] = counts
     return area_t, area_p, inter
 
 
-def match_objects(true_inst, pred_inst, iou_threshold: float = 0.5, valid=None) -> tuple[int, int, int]:
-    """(TP, FP, FN) of the one-to-one matching at IoU >= iou_threshold."""
-    area_t, area_p, inter = overlap(true_inst, pred_inst, valid)
+def _match(pairs, iou_threshold: float) -> tuple[int, int, int]:
+    area_t, area_p, ti, pj, inter = pairs
     n_t, n_p = area_t.size, area_p.size
-    if n_t == 0 or n_p == 0:
-        return 0, n_p, n_t
-    union = area_t[:, None] + area_p[None, :] - inter
-    iou = inter / np.maximum(union, 1)
-    ti, pj = np.nonzero(iou >= iou_threshold)
-    order = np.argsort(-iou[ti, pj], kind="stable")
+    iou = inter / np.maximum(area_t[ti] + area_p[pj] - inter, 1)
+    keep = np.flatnonzero(iou >= iou_threshold)
+    order = keep[np.argsort(-iou[keep], kind="stable")]  # ties in (true, predicted) order
     used_t, used_p, tp = set(), set(), 0
     for k in order:
         a, b = int(ti[k]), int(pj[k])
@@ -84,23 +108,31 @@ def match_objects(true_inst, pred_inst, iou_threshold: float = 0.5, valid=None) 
     return tp, n_p - tp, n_t - tp
 
 
+def _aji(pairs) -> tuple[int, int]:
+    area_t, area_p, ti, pj, inter = pairs
+    union = area_t[ti] + area_p[pj] - inter
+    iou = inter / union
+    order = np.lexsort((pj, -iou, ti))  # per truth: the best IoU first, ties to the lowest prediction
+    first = order[np.r_[True, ti[order][1:] != ti[order][:-1]]] if order.size else order
+    c = int(inter[first].sum())
+    u = int(union[first].sum())
+    touched = np.zeros(area_t.size, dtype=bool)
+    touched[ti[first]] = True
+    u += int(area_t[~touched].sum())  # a truth no prediction touches: its own area
+    chosen = np.zeros(area_p.size, dtype=bool)
+    chosen[pj[first]] = True
+    u += int(area_p[~chosen].sum())  # every prediction never chosen
+    return c, u
+
+
+def match_objects(true_inst, pred_inst, iou_threshold: float = 0.5, valid=None) -> tuple[int, int, int]:
+    """(TP, FP, FN) of the one-to-one matching at IoU >= iou_threshold."""
+    return _match(overlap_pairs(true_inst, pred_inst, valid), iou_threshold)
+
+
 def aji_counts(true_inst, pred_inst, valid=None) -> tuple[int, int]:
     """(C, U) of Kumar et al.'s aggregated Jaccard index for one image; AJI = C / U."""
-    area_t, area_p, inter = overlap(true_inst, pred_inst, valid)
-    n_t, n_p = area_t.size, area_p.size
-    c = u = 0
-    used = np.zeros(n_p, dtype=bool)
-    for i in range(n_t):
-        if n_p == 0 or inter[i].max() == 0:
-            u += int(area_t[i])
-            continue
-        union = area_t[i] + area_p - inter[i]
-        j = int(np.argmax(inter[i] / union))
-        c += int(inter[i, j])
-        u += int(union[j])
-        used[j] = True
-    u += int(area_p[~used].sum())
-    return c, u
+    return _aji(overlap_pairs(true_inst, pred_inst, valid))
 
 
 class ObjectScores:
@@ -121,9 +153,10 @@ class ObjectScores:
         self.per_image_aji: list[float] = []
 
     def update(self, pred_inst, true_inst, valid=None) -> None:
-        tp, fp, fn = match_objects(true_inst, pred_inst, self.iou_threshold, valid)
+        pairs = overlap_pairs(true_inst, pred_inst, valid)  # once for both scores
+        tp, fp, fn = _match(pairs, self.iou_threshold)
         self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
-        c, u = aji_counts(true_inst, pred_inst, valid)
+        c, u = _aji(pairs)
         self.c, self.u = self.c + c, self.u + u
         if u > 0:
             self.per_image_aji.append(c / u)
