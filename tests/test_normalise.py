@@ -462,7 +462,7 @@ def test_stained_statistics_of_the_first_256_tiles_by_id():
     assert np.allclose(got[0], mean, rtol=1e-12) and np.allclose(got[1], std, rtol=1e-12)
 
 
-def test_for_source_pixels_in_modes_train_and_image():
+def test_for_source_pixels_in_each_mode():
     rng = np.random.default_rng(5)
     images = rng.integers(0, 255, (2, 3, 8, 8)).astype(np.uint8)
     valid = rng.random((2, 8, 8)) < 0.5
@@ -474,8 +474,10 @@ def test_for_source_pixels_in_modes_train_and_image():
     assert (n.mode, n.mean, n.std, sorted(n.per_source)) == ("image", [1.0, 2.0, 3.0], [4.0, 5.0, 6.0], ["scene"])
     mean, std = _moments(images, valid)
     assert np.allclose(n.stats("scene")[0], mean, rtol=1e-12) and np.allclose(n.stats("scene")[1], std, rtol=1e-12)
-    with pytest.raises(EqsegError, match=r"^normalise.mode dataset needs the dataset's tile store \(give --tiles\)$"):
-        norm.for_source_pixels("dataset", train_stats, "scene", sums)
+    # a source predicted without its tile store is the whole dataset being scored: its own statistics
+    n = norm.for_source_pixels("dataset", train_stats, "scene", sums)
+    assert (n.mode, n.per_source) == ("dataset", {})
+    assert np.allclose(n.mean, mean, rtol=1e-12) and np.allclose(n.std, std, rtol=1e-12)
     with pytest.raises(EqsegError, match=r"^normalise.mode: 'x' is not one of train, dataset, image$"):
         norm.for_source_pixels("x", train_stats, "scene", sums)
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from eqseg.report import modes_markdown, normalisation_modes
+from eqseg.report import best_mode, modes_markdown, modes_pooled, modes_pooled_markdown, normalisation_modes
 
 
 def _table() -> pd.DataFrame:
@@ -58,6 +58,62 @@ def test_modes_markdown_shows_each_mode_with_its_difference():
 def test_no_axis_no_table():
     table = _table().drop(columns=[c for c in _table().columns if c.startswith("mode_")])
     assert normalisation_modes(table).empty and modes_markdown(normalisation_modes(table)) == ""
+
+
+def _pool_table() -> pd.DataFrame:
+    """Two trained models x 2 seeds of one dataset "a", scored in-domain and on "b" under train, dataset, image and
+    train+adabn (values chosen by hand: dataset costs nothing in-domain, image costs 0.03, adabn gains most outside
+    but costs 0.05 inside)."""
+    scores = {  # (model, seed): {test set: (train, dataset, image, train+adabn)}
+        ("unet", 0): {"a": (0.90, 0.90, 0.87, 0.85), "b": (0.50, 0.70, 0.70, 0.80)},
+        ("unet", 1): {"a": (0.88, 0.88, 0.85, 0.83), "b": (0.55, 0.65, 0.66, 0.79)},
+        ("p4m", 0): {"a": (0.86, 0.86, 0.83, 0.81), "b": (0.60, 0.58, 0.75, 0.81)},
+        ("p4m", 1): {"a": (0.87, 0.87, 0.84, 0.82), "b": (0.52, 0.72, 0.70, 0.78)},
+    }
+    rows = []
+    for (model, seed), by_set in scores.items():
+        for testset, (train, dataset, image, adabn) in by_set.items():
+            rows.append(dict(dataset="a", testset=testset, model=model, variant="d4", supervision="full", budget=100,
+                             seed=seed, mode_train_miou_macro=train, mode_dataset_miou_macro=dataset,
+                             mode_image_miou_macro=image, mode_train_adabn_miou_macro=adabn))
+    return pd.DataFrame(rows)
+
+
+def test_modes_pooled_over_every_trained_model_against_scipy():
+    pooled = modes_pooled(_pool_table()).set_index(["test_set", "mode"])
+    assert set(pooled.index) == {(t, m) for t in "ab" for m in ("dataset", "image", "train+adabn")}
+    r = pooled.loc[("b", "dataset")]
+    d = np.array([0.70 - 0.50, 0.65 - 0.55, 0.58 - 0.60, 0.72 - 0.52])
+    ref = sps.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert (r["n"], bool(r["in_domain"])) == (4, False)
+    assert (r["diff"], r["diff_lo"], r["diff_hi"]) == pytest.approx((d.mean(), ref.low, ref.high), abs=1e-12)
+    assert (r["worst"], r["n_worse"]) == (pytest.approx(-0.02, abs=1e-12), 1)
+    assert r["mean"] == pytest.approx(np.mean([0.70, 0.65, 0.58, 0.72]), abs=1e-12)
+    inside = pooled.loc[("a", "image")]
+    assert bool(inside["in_domain"]) and inside["diff"] == pytest.approx(-0.03, abs=1e-12) and inside["n_worse"] == 4
+
+
+def test_best_mode_holds_off_domain_without_costing_in_domain():
+    table = _pool_table()
+    # train+adabn gains most outside (+0.255) but costs 0.05 inside; image gains +0.16 outside but costs 0.03 inside;
+    # dataset costs nothing inside and gains +0.12 outside
+    assert best_mode(modes_pooled(table)) == "dataset"
+    cheap = table.assign(mode_image_miou_macro=np.where(table.testset == "a", table.mode_train_miou_macro + 0.001,
+                                                       table.mode_image_miou_macro))
+    assert best_mode(modes_pooled(cheap)) == "image"  # now harmless inside, and it gains more outside than dataset
+    assert best_mode(modes_pooled(table[table.testset == "a"])) is None  # no external test set: nothing to choose
+    worse = table.assign(**{c: table.mode_train_miou_macro - 0.1 for c in
+                            ("mode_dataset_miou_macro", "mode_image_miou_macro", "mode_train_adabn_miou_macro")})
+    assert best_mode(modes_pooled(worse)) is None  # no mode gains outside
+
+
+def test_modes_pooled_markdown_names_in_domain_rows():
+    text = modes_pooled_markdown(modes_pooled(_pool_table()))
+    header, _, first, second = text.strip().splitlines()
+    assert header == "| dataset | test set | pairs | dataset − train | image − train | train+adabn − train |"
+    assert first.startswith("| a | a (in-domain) | 4 | +0.000 [0.000, 0.000]; worst +0.000, 0 lose | -0.030 [")
+    assert second.startswith("| a | b | 4 | +0.120 [") and "worst -0.020, 1 lose" in second
+    assert modes_pooled_markdown(modes_pooled(_pool_table().drop(columns="mode_train_miou_macro"))) == ""
 
 
 def test_a_partial_report_shows_the_evaluations_done_so_far(root, tmp_path, monkeypatch):

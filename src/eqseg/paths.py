@@ -12,7 +12,7 @@ PSEUDO = "results/pseudo/" + CELL
 EVAL = "results/eval/" + CELL + "/{testset}"
 EVAL_FILES = ("metrics.json", "inputs.json", "confusion.csv", "confusion.png", "predictions.png")
 REPORT = "results/report"
-REPORT_FILES = ("report.md", "metrics.json", "summary.csv", "cells.csv", "cells.parquet", "distill.csv", "modes.csv", "weak_full.csv", "per_class.csv", "miou.png", "budget.png", "external.png",
+REPORT_FILES = ("report.md", "metrics.json", "summary.csv", "cells.csv", "cells.parquet", "distill.csv", "modes.csv", "modes_pooled.csv", "weak_full.csv", "per_class.csv", "miou.png", "budget.png", "external.png",
                 "equivariance.png")
 DIGITS = "results/digits/{model}/seed{seed}"
 PREDICT = "results/predict/" + CELL + "/{testset}"

@@ -7,7 +7,8 @@ metrics), `report.md`, and plots with labelled axes: `miou.png` (test mIoU per
 model, variant and supervision), `budget.png` (mIoU against label budget), `external.png` (scores on other test
 sets, when grid.test_on is set), `equivariance.png` (rotation and reflection error per model), `distill.csv` (every NAME+distill student against
 its teacher, paired by seed; empty without grid.distill), `modes.csv` (the normalisation axis: each cell scored
-under every mode of evaluate.normalise_modes, paired by seed to mode train; empty without it), `weak_full.csv` (each
+under every mode of evaluate.normalise_modes, paired by seed to mode train; empty without it), `modes_pooled.csv`
+(each mode against train over every trained model of a dataset and test set; empty without modes), `weak_full.csv` (each
 weak supervision against full labels of the same cell: ratio and paired difference; empty without full cells),
 `per_class.csv` (each class's test IoU per cell, for datasets with more than two classes; empty without one).
 """
@@ -332,6 +333,68 @@ def modes_markdown(modes: pd.DataFrame, reference: str = "train") -> str:
     return "\n".join(lines) + "\n"
 
 
+NO_COST = 0.01  # a mode "costs nothing in-domain" when its in-domain interval stays above -NO_COST
+
+
+def modes_pooled(table: pd.DataFrame, reference: str = "train") -> pd.DataFrame:
+    """The normalisation axis over every trained model: per dataset, test set and mode, the paired difference to the
+    `reference` mode over all (cell, seed) evaluations with its 95 % t interval, the worst pair and how many pairs
+    lose. The unit is a trained model (cells share data, so the interval is of this grid's models, not of data).
+    `in_domain`: the test set is the trained dataset's own test split."""
+    cols = ["dataset", "test_set", "in_domain", "mode", "n", "mean", "diff", "diff_lo", "diff_hi", "worst", "n_worse"]
+    found = {m.group(1) + ("+adabn" if m.group(2) else ""): c for c in table.columns if (m := MODE_COLUMN.match(c))}
+    if reference not in found:
+        return pd.DataFrame(columns=cols)
+    canonical = [f"{mode}{adapt}" for adapt in ("", "+adabn") for mode in ("train", "dataset", "image")]
+    rows = []
+    for (dataset, testset), part in table.groupby(["dataset", "testset"], sort=False):
+        ref = part[found[reference]].astype(float).to_numpy()
+        for mode in (m for m in canonical if m in found and m != reference):
+            values = part[found[mode]].astype(float).to_numpy()
+            d = paired_t_interval(values, ref)
+            diffs = np.asarray(d["diffs"])
+            rows.append(dict(zip(cols, [dataset, testset, bool(dataset == testset), mode, d["n"],
+                                        float(np.nanmean(values)) if np.isfinite(values).any() else np.nan,
+                                        d["diff"], d["lo"], d["hi"], float(diffs.min()) if diffs.size else np.nan,
+                                        int((diffs < 0).sum())])))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def best_mode(pooled: pd.DataFrame) -> str | None:
+    """The mode that holds off-domain without hurting in-domain: among the modes whose in-domain interval stays
+    above -NO_COST on every dataset (a single pair: its difference), the one of largest mean external gain; None
+    without an external test set or without such a mode."""
+    if pooled.empty or not (~pooled.in_domain).any():
+        return None
+    inside = pooled[pooled.in_domain]
+    floor = inside.diff_lo.where(np.isfinite(inside.diff_lo), inside["diff"])
+    harmless = set(inside["mode"]) - set(inside.loc[~(floor >= -NO_COST), "mode"])
+    outside = pooled[~pooled.in_domain & pooled["mode"].isin(harmless)]
+    if outside.empty:
+        return None
+    gains = outside.groupby("mode", sort=False)["diff"].mean()
+    return str(gains.idxmax()) if gains.max() > 0 else None
+
+
+def modes_pooled_markdown(pooled: pd.DataFrame, reference: str = "train") -> str:
+    """A row per dataset and test set, a column per mode: paired difference to the reference [95 % CI], the worst
+    pair, and how many of the n pairs lose."""
+    if pooled.empty:
+        return ""
+    order = list(dict.fromkeys(pooled["mode"]))
+    lines = ["| dataset | test set | pairs | " + " | ".join(f"{m} − {reference}" for m in order) + " |",
+             "|---|---|---|" + "---|" * len(order)]
+    for (dataset, testset), part in pooled.groupby(["dataset", "test_set"], sort=False):
+        by = part.set_index("mode")
+        texts = []
+        for mode in order:
+            r = by.loc[mode]
+            texts.append(f"{_delta(r)}; worst {r['worst']:+.3f}, {int(r['n_worse'])} lose" if r["n"] else "-")
+        where = " (in-domain)" if dataset == testset else ""
+        lines.append(f"| {dataset} | {testset}{where} | {int(part['n'].max())} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def per_class(table: pd.DataFrame, classes: dict[str, list[str]], metric: str = "iou") -> pd.DataFrame:
     """Per trained cell and test set, each class's test IoU: mean and std over seeds, for the datasets with more
     than two classes (`classes`: a dataset's class names; a binary task's two IoUs say little the mIoU does not)."""
@@ -460,6 +523,14 @@ def report(params: Params, out: Path, partial: bool = False) -> pd.DataFrame:
                  "dataset = the scored dataset's own, image = each scene's or slide's own; +adabn = batch-norm "
                  "statistics re-estimated on the test tiles. Test mIoU, mean over seeds (paired difference per seed "
                  "to train [95 % t interval]).\n\n" + modes_markdown(modes))
+        pooled = modes_pooled(table)
+        choice = best_mode(pooled)
+        text += ("\n### Normalisation over every trained model\n\nEach mode against train, paired per trained model "
+                 "(cell and seed) over all of them: mean difference of test mIoU [95 % t interval], the worst model, and "
+                 "how many lose. Cells share data, so the interval is of this grid's models, not of new data.\n\n"
+                 + modes_pooled_markdown(pooled)
+                 + (f"\nThe mode that holds off-domain without costing in-domain (in-domain interval above "
+                    f"−{NO_COST} on every dataset, largest mean external gain): **{choice}**.\n" if choice else ""))
     ratios = weak_vs_full(table)
     if len(ratios):
         text += ("\n## Weak labels against full labels\n\nEach weak supervision against full labels of the same "
@@ -485,6 +556,7 @@ def report(params: Params, out: Path, partial: bool = False) -> pd.DataFrame:
         summary.to_csv(tmp / "summary.csv", index=False)
         gains.to_csv(tmp / "distill.csv", index=False)
         modes.to_csv(tmp / "modes.csv", index=False)
+        modes_pooled(table).to_csv(tmp / "modes_pooled.csv", index=False)
         ratios.to_csv(tmp / "weak_full.csv", index=False)
         classes.to_csv(tmp / "per_class.csv", index=False)
         (tmp / "report.md").write_text(text)

@@ -10,6 +10,7 @@ STUDY_REPORT = {  # file -> (subcategory, caption); the others (cells.parquet) a
     "cells.csv": ("Tables", "cells.rst"),
     "distill.csv": ("Tables", "distill.rst"),
     "modes.csv": ("Tables", "modes.rst"),
+    "modes_pooled.csv": ("Tables", "modes_pooled.rst"),
     "report.md": ("Tables", "report_md.rst"),
 }
 

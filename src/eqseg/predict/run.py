@@ -314,7 +314,8 @@ def adabn(model, info: ModelInfo, source_normaliser_: Normaliser, tiles: Path | 
 
 def source_normaliser(mode: str, info: ModelInfo, source, tiles: Path | None) -> Normaliser:
     """The recorded normalisation for one source: from the tile store when given (as `eqseg evaluate` does, so
-    both commands score the same inputs), else from the model (train) or one pass over the source (image)."""
+    both commands score the same inputs), else from the model (train) or one pass over the source (dataset, image:
+    a source predicted on its own is the whole dataset being scored)."""
     from eqseg.data import normalise as norm
     from eqseg.tiling.store import TileStore
 
@@ -329,8 +330,6 @@ def source_normaliser(mode: str, info: ModelInfo, source, tiles: Path | None) ->
             return norm.for_store(mode, stats, store, [source.name])
         if mode == "dataset":
             return norm.for_store(mode, stats, store)
-    if mode == "dataset":
-        raise EqsegError("normalise.mode dataset: predicting needs the dataset's tile store (--tiles)")
     if mode == "train":
         return norm.Normaliser("train", *map(list, stats), stain=stain_of(info))
     S = int(info.tile_size)
