@@ -78,7 +78,10 @@ def distill_gains(table: pd.DataFrame, root: Path = Path("."), metric: str = "mi
                 d = json.loads(q.read_text()).get("distill", {})
                 kept.append(d.get("kept_fraction"))
                 precision.append(d.get("pseudo_precision"))
-        mean = lambda v: float(np.nanmean(np.asarray(v, float))) if v else float("nan")  # noqa: E731
+        def mean(values: list) -> float:  # over the seeds that have it (a teacher that labelled nothing has no precision)
+            v = np.asarray(values, float)
+            return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
+
         rows.append(dict(dataset=cell[0], test_set=cell[1], model=cell[2], variant=cell[3], budget=cell[4],
                          supervision=cell[5], parent=parent, student=float(student.loc[seeds].mean()),
                          teacher=float(teacher.loc[seeds].mean()), diff=res["diff"], diff_lo=res["lo"],
