@@ -116,6 +116,20 @@ def test_modes_pooled_markdown_names_in_domain_rows():
     assert modes_pooled_markdown(modes_pooled(_pool_table().drop(columns="mode_train_miou_macro"))) == ""
 
 
+def test_summary_pairs_models_under_every_normalisation():
+    """summary.csv has each mode's test mIoU with its paired difference to the unet: the answer (model against
+    baseline) under every normalisation, not only the grid's own."""
+    from eqseg.report import summarise
+
+    s = summarise(_pool_table()).set_index(["test_set", "metric", "model"])
+    r = s.loc[("b", "mode_dataset_miou_macro", "p4m")]
+    d = np.array([0.58 - 0.70, 0.72 - 0.65])  # seeds 0 and 1, p4m minus unet, dataset mode, test set b
+    ref = sps.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert (r["diff"], r["diff_lo"], r["diff_hi"], r["n_pairs"]) == pytest.approx((d.mean(), ref.low, ref.high, 2), abs=1e-12)
+    assert s.loc[("b", "mode_train_miou_macro", "p4m"), "diff"] == pytest.approx(np.mean([0.60 - 0.50, 0.52 - 0.55]), abs=1e-12)
+    assert {"mode_image_miou_macro", "mode_train_adabn_miou_macro"} <= set(s.index.get_level_values("metric"))
+
+
 def test_a_partial_report_shows_the_evaluations_done_so_far(root, tmp_path, monkeypatch):
     """A long run's progress: `report --partial` reports the cells whose evaluation exists and says how many of the
     grid's are done; without --partial a missing evaluation is refused in one line naming it."""

@@ -111,8 +111,12 @@ def networks_first(w: pd.DataFrame, models: list[str], arch: dict[str, str] | No
 
 
 def summarise(table: pd.DataFrame, baseline: str = "unet") -> pd.DataFrame:
-    """Long summary over seeds (eqseg.stats.summarise) of the headline metrics and the equivariance errors."""
-    metrics = [c for c in (*HEADLINE, "equivariance_error_rotations", "equivariance_error_reflections") if c in table]
+    """Long summary over seeds (eqseg.stats.summarise) of the headline metrics, the equivariance errors and, with the
+    normalisation axis, the test mIoU under each mode (`mode_<mode>[_adabn]_miou_macro`: the answer, model against
+    baseline, under every normalisation, not only the one the grid ran with)."""
+    modes = [c for c in table.columns if MODE_COLUMN.match(c)]
+    metrics = [c for c in (*HEADLINE, "equivariance_error_rotations", "equivariance_error_reflections", *modes)
+               if c in table]
     keyed = table[[c for c in KEYS if c in table] + metrics]
     return paired_summary(keyed.rename(columns={"testset": "test_set"}), metrics=metrics, baseline=baseline)
 
