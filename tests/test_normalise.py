@@ -115,6 +115,28 @@ def test_modes_on_real_cpm15_tiles(crops):
         norm.for_store("stain", train_stats, store)
 
 
+def test_a_source_predicted_without_its_store_is_its_own_dataset(crops, tmp_path):
+    """`eqseg predict` of one source without --tiles in mode dataset (the default): the source is the whole dataset
+    being scored, so its inputs are normalised with its own statistics, as mode image does, and the record says so
+    (mode dataset, the statistics used)."""
+    import rasterio
+
+    from eqseg.predict.run import predict
+
+    tmp, _ = crops
+    out = {}
+    for mode in ("dataset", "image"):
+        m = predict(params_for(tmp, tmp / "data", mode), tmp / "model", tmp_path / f"{mode}.tif", "crops", "image02")
+        with rasterio.open(tmp_path / f"{mode}.tif") as ds:
+            out[mode] = (ds.read(1), m)
+    assert np.array_equal(out["dataset"][0], out["image"][0])
+    rec, image_rec = out["dataset"][1]["inputs"], out["image"][1]["inputs"]
+    assert rec["mode"] == "dataset" and image_rec["mode"] == "image"
+    assert (rec["mean"], rec["std"]) == (image_rec["sources"]["image02"]["mean"], image_rec["sources"]["image02"]["std"])
+    store = TileStore(tmp / "tiles")
+    assert not np.allclose(rec["mean"], store.meta.band_mean)  # not the store's (or the model's) statistics
+
+
 def test_image_mode_undoes_a_darker_stain_and_train_mode_does_not(tmp_path):
     """A copy of the same real tiles at 60 % brightness: per-image statistics map it back onto the original inputs
     (within 0.05 in normalised units: rounding to uint8 and clipping); the training statistics leave it far off."""

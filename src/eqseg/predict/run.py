@@ -186,7 +186,7 @@ def predict_source(
             add_overviews(tmp_p, Resampling.average)
         write_class_styles(out, classes, class_colours(len(classes)))  # beside `out`, before it is renamed into place
     metrics = dict(source=source.name, height=H, width=W, window=S, overlap=cfg.overlap, tta=cfg.tta, timing=timing.report(),
-                   normalise=normaliser.mode, adabn=adabn_used, precision=precision)
+                   normalise=normaliser.mode, inputs=normaliser.record, adabn=adabn_used, precision=precision)
     if labelled:
         metrics["scene"] = (scores(cm_all, classes) | dice_scores(cm_all, classes) | ranking.compute(classes)
                             | {"confusion": cm_all.tolist()})
