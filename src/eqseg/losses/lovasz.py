@@ -44,7 +44,8 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, classes: str = "p
     """Lovász-softmax of logits (B, K, H, W) against target (B, H, W), ignoring 255.
 
     classes: 'present' (classes in the target) or 'all'; per_image: average per-image losses instead of one
-    loss over the whole batch.
+    loss over the whole batch, over the images with at least one labelled pixel (with sparse labels a tile without
+    any is common, and counting it as 0 would scale the loss by the share of labelled tiles in the batch).
     """
     classes = require_choice("loss.lovasz", "classes", classes, ("present", "all"))
     probs = torch.softmax(as_float(logits), dim=1)
@@ -52,5 +53,7 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, classes: str = "p
     flat_probs = probs.movedim(1, -1).reshape(probs.shape[0], -1, k)
     flat_target = target.reshape(target.shape[0], -1)
     if per_image:
-        return torch.stack([_lovasz_flat(p, t, classes) for p, t in zip(flat_probs, flat_target)]).mean()
+        losses = torch.stack([_lovasz_flat(p, t, classes) for p, t in zip(flat_probs, flat_target)])
+        labelled = (flat_target != IGNORE).any(dim=1)
+        return (losses * labelled).sum() / labelled.sum().clamp_min(1)
     return _lovasz_flat(flat_probs.reshape(-1, k), flat_target.reshape(-1), classes)
