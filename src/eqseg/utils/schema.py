@@ -19,5 +19,5 @@ def first_error(where: str, err: ValidationError) -> str:
     """The first error of an options check in one line: `where.key: message (got value)`."""
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"])
-    msg = "unknown option" if e["type"] == "extra_forbidden" else e["msg"]
+    msg = "unknown option" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
     return f"{where}.{key}: {msg} (got {e.get('input')!r})" if key else f"{where}: {msg}"

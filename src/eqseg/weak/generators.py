@@ -165,11 +165,13 @@ def scribbles(
     Erosion keeps strokes `erosion` pixels off class boundaries, as an annotator keeps off edges; an object that
     erosion removes gets a dot at its deepest pixel. A stroke is the part of its object's skeleton (or of its
     background skeleton piece) within `length` / 2 pixels (chessboard) of a random centre, drawn `width` wide
-    and clipped to its class, so every labelled pixel is correct.
+    (odd: a disc of radius (width - 1) / 2 around the skeleton) and clipped to its class, so every labelled pixel is correct.
     """
     where = "weak.scribbles"
     per_object = require_int(where, "per_object", per_object, 1)
     width = require_int(where, "width", width, 1)
+    if width % 2 == 0:  # a disc centred on the skeleton: 1, 3, 5 ... pixels across (2 drew the same as 1)
+        raise EqsegError(f"{where}: width must be odd (a stroke is centred on its skeleton), got {width}")
     erosion = require_int(where, "erosion", erosion, 1)
     length = require_int(where, "length", length, 1)
     objs, classes, kept, all_classes = annotated_regions(mask, where, regions, min_region_pixels, background)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from eqseg.utils.schema import Strict
 
@@ -39,13 +39,20 @@ class PointsOptions(Strict):
 class ScribblesOptions(Strict):
     per_object: int = Field(1, ge=1)
     background: int | None = Field(None, ge=0)
-    width: int = Field(1, ge=1)
+    width: int = Field(1, ge=1, description="pixels across a stroke, odd: a disc centred on the skeleton")
     erosion: int = Field(2, ge=0)
     length: int = Field(48, ge=1)
     regions: Literal["objects", "all_classes"] = _REGIONS
     min_region_pixels: int = _MIN_REGION
 
     _regions = model_validator(mode="after")(_background_needs_objects)
+
+    @field_validator("width")
+    @classmethod
+    def _odd_width(cls, width: int) -> int:
+        if width % 2 == 0:
+            raise ValueError("must be odd (a stroke is centred on its skeleton)")
+        return width
 
 
 class BoxesOptions(Strict):
