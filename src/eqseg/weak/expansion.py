@@ -41,7 +41,7 @@ def region_growing(feat: np.ndarray, labels: np.ndarray, threshold: float = 1.0,
     """Seeded region growing (Adams & Bischof 1994), one ring per step.
 
     Every connected group of labelled pixels is a region. At each step each unlabelled pixel touching regions
-    (4-neighbours) joins the one whose running mean is closest to its features, if closer than `threshold`
+    (4-neighbours) joins the one whose running mean is closest to its features, if at most `threshold` away
     (in band standard deviations); pixels too far from every neighbour stay unlabelled. Growing ring by ring
     instead of pixel by pixel from a priority queue keeps it vectorised.
     """
