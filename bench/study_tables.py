@@ -5,7 +5,7 @@
 Prints markdown: (0) every cell's test mIoU, a column per model; (1) the answer per supervision: the baseline's test mIoU and each other model's paired difference
 to it per seed with its 95 % t interval (summary.csv), a column per model, in-domain and external test sets as rows,
 under the grid's normalisation and, where the modes were scored, under `dataset` (the default);
-(2) weak / full per model (weak_full.csv); (3) the normalisation modes against `train` over every trained model, with
+(1b) the same pooled over the supervisions (cells.csv); (2) weak / full per model (weak_full.csv); (3) the normalisation modes against `train` over every trained model, with
 the paired 95 % t interval, and the mode that holds off-domain without costing in-domain (modes_pooled.csv); (4) per-class IoU (per_class.csv). Files the report has not written
 yet (a partial run) are skipped.
 """
@@ -72,6 +72,35 @@ def grid(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pooled(cells: pd.DataFrame, baseline: str = "unet", metric: str = "miou_macro") -> str:
+    """Each model against the baseline pooled over the supervisions: pairs are (supervision, seed) of the same
+    trained dataset, test set, variant and budget; mean difference, 95 % t interval over the pairs, and how many
+    pairs the model wins. The supervisions share tiles and seeds, so the interval is of this grid's cells, not of new
+    data: a summary of the per-supervision rows, not a stronger test."""
+    from eqseg.stats import paired_t_interval
+
+    c = cells[~cells.adabn.astype(bool)] if "adabn" in cells else cells
+    c = c.rename(columns={"testset": "test_set"})[["dataset", "test_set", "variant", "budget", "supervision", "seed",
+                                                    "model", metric]]
+    models = sorted(set(c.model) - {baseline})
+    lines = [f"| trained on | tested on | variant | budget | {baseline} mean | "
+             + " | ".join(f"{m}: Δ vs {baseline} [95 % CI], wins" for m in models) + " |",
+             "|---|---|---|---|---|" + "---|" * len(models)]
+    keys = ["supervision", "seed"]
+    for (d, t, var, bud), part in ordered(c, baseline).groupby(
+            ["dataset", "test_set", "variant", "budget"], sort=False):
+        base = part[part.model == baseline].set_index(keys)[metric]
+        cols = []
+        for m in models:
+            other = part[part.model == m].set_index(keys)[metric]
+            both = base.index.intersection(other.index)
+            r = paired_t_interval(other[both].to_numpy(), base[both].to_numpy())
+            wins = int(sum(x > 0 for x in r["diffs"]))
+            cols.append("-" if not r["n"] else f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}], {wins} of {r['n']}")
+        lines.append(f"| {d} | {t} | {var} | {bud} | {_fmt(base.mean())} | " + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def weak_full(ratios: pd.DataFrame) -> str:
     lines = ["| trained on | tested on | model | supervision | weak / full mIoU | ratio | Δ [95 % CI] | seeds |",
              "|---|---|---|---|---|---|---|---|"]
@@ -112,6 +141,10 @@ def main() -> None:
                 ("Answer per supervision, normalisation dataset (the default)",
                  read("summary.csv").query("metric == 'mode_dataset_miou_macro'") if (args.folder / "summary.csv").is_file()
                  else pd.DataFrame(), lambda t: answer(t, args.baseline, "mode_dataset_miou_macro")),
+                ("Pooled over supervisions (the normalisation the grid ran with)", read("cells.csv"),
+                 lambda t: pooled(t, args.baseline)),
+                ("Pooled over supervisions, normalisation dataset", read("cells.csv"),
+                 lambda t: pooled(t, args.baseline, "mode_dataset_miou_macro")),
                 ("Weak / full", read("weak_full.csv"), weak_full), ("Normalisation modes", read("modes_pooled.csv"), modes),
                 ("Per class", read("per_class.csv"), per_class)]
     for title, table, render in sections:
