@@ -36,6 +36,17 @@ def brute_force_owner(tiles: list[tuple[int, int, int, int]], size: int, height:
     return owner
 
 
+def owners_from_masks(tiles, owned: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """From owned masks back to the scene: how many tiles own each pixel, and which (the last one, -1: none)."""
+    count = np.zeros((height, width), int)
+    ours = np.full((height, width), -1)
+    for k, (r, c, h, w) in enumerate(tiles):
+        assert not owned[k, h:].any() and not owned[k, :, w:].any()  # padding is never owned
+        count[r : r + h, c : c + w] += owned[k, :h, :w]
+        ours[r : r + h, c : c + w][owned[k, :h, :w]] = k
+    return count, ours
+
+
 @pytest.mark.parametrize("height, width, size, overlap, drop", [
     (45, 37, 16, 0, ()), (45, 37, 16, 4, ()), (40, 40, 16, 0, ()), (45, 37, 16, 4, (1, 4)), (12, 37, 16, 0, (0,)),
 ])
@@ -45,12 +56,7 @@ def test_owned_masks_match_a_brute_force_owner_and_cover_each_pixel_once(height,
     tiles = [t for k, t in enumerate(tiles) if k not in drop]
     rows, cols, hs, ws = (np.array([t[j] for t in tiles]) for j in range(4))
     owned = grid.owned_masks(rows, cols, hs, ws, size)
-    count = np.zeros((height, width), int)
-    ours = np.full((height, width), -1)
-    for k, (r, c, h, w) in enumerate(tiles):
-        assert not owned[k, h:].any() and not owned[k, :, w:].any()  # padding is never owned
-        count[r : r + h, c : c + w] += owned[k, :h, :w]
-        ours[r : r + h, c : c + w][owned[k, :h, :w]] = k
+    count, ours = owners_from_masks(tiles, owned, height, width)
     ref = brute_force_owner(tiles, size, height, width)
     covered = ref >= 0
     assert np.array_equal(count, covered.astype(int))  # each covered pixel exactly once, nothing else

@@ -17,6 +17,7 @@ from scipy import stats as sps
 from eqseg.errors import EqsegError
 from eqseg.stats import nested_budget_ids, paired_bootstrap_interval, paired_t_interval, summarise
 from eqseg.tiling import grid
+from test_ownership import brute_force_owner, owners_from_masks
 
 
 # ----------------------------------------------------------------------------------------------- paired t interval
@@ -234,41 +235,14 @@ def test_overlap_groups_match_a_pairwise_brute_force_on_random_boxes():
         assert grid.overlap_groups(boxes, owners) == _brute_force_groups(boxes, owners), (boxes, owners)
 
 
-def _brute_force_owner(tiles, size, height, width):
-    """Owner of every pixel, one by one: the covering tile (row <= y < row + h, col <= x < col + w) whose window
-    centre (row + size/2, col + size/2) is nearest, ties to the lower index; -1 where no tile covers."""
-    owner = np.full((height, width), -1)
-    for y in range(height):
-        for x in range(width):
-            best = None
-            for k, (r, c, h, w) in enumerate(tiles):
-                if r <= y < r + h and c <= x < c + w:
-                    d = (y + 0.5 - (r + size / 2)) ** 2 + (x + 0.5 - (c + size / 2)) ** 2
-                    if best is None or d < best[0]:
-                        best = (d, k)
-            if best is not None:
-                owner[y, x] = best[1]
-    return owner
-
-
-def _owners_from_masks(tiles, owned, height, width):
-    count = np.zeros((height, width), int)
-    ours = np.full((height, width), -1)
-    for k, (r, c, h, w) in enumerate(tiles):
-        assert not owned[k, h:].any() and not owned[k, :, w:].any()  # padding is never owned
-        count[r : r + h, c : c + w] += owned[k, :h, :w]
-        ours[r : r + h, c : c + w][owned[k, :h, :w]] = k
-    return count, ours
-
-
 @pytest.mark.parametrize("height, width, size, overlap", [(31, 29, 8, 1), (20, 23, 6, 5), (13, 9, 5, 2)])
 def test_owned_masks_of_grids_with_neighbours_one_pixel_short_of_a_tile(height, width, size, overlap):
     """Overlap 1: neighbouring tiles are size - 1 apart, the farthest a neighbour that still overlaps can be."""
     tiles = [(r, c, min(size, height - r), min(size, width - c))
              for r, c in grid.tile_windows(0, 0, height, width, size, overlap)]
     rows, cols, hs, ws = (np.array([t[j] for t in tiles]) for j in range(4))
-    count, ours = _owners_from_masks(tiles, grid.owned_masks(rows, cols, hs, ws, size), height, width)
-    ref = _brute_force_owner(tiles, size, height, width)
+    count, ours = owners_from_masks(tiles, grid.owned_masks(rows, cols, hs, ws, size), height, width)
+    ref = brute_force_owner(tiles, size, height, width)
     assert np.array_equal(count, (ref >= 0).astype(int)) and np.array_equal(ours, ref)
 
 
@@ -283,8 +257,8 @@ def test_owned_masks_of_random_tiles_match_a_brute_force_owner():
         ws = np.minimum(rng.integers(1, size + 1, n), width - cols)
         tiles = list(zip(rows.tolist(), cols.tolist(), hs.tolist(), ws.tolist()))
         owned = grid.owned_masks(rows, cols, hs, ws, size)
-        count, ours = _owners_from_masks(tiles, owned, height, width)
-        ref = _brute_force_owner(tiles, size, height, width)
+        count, ours = owners_from_masks(tiles, owned, height, width)
+        ref = brute_force_owner(tiles, size, height, width)
         assert np.array_equal(count, (ref >= 0).astype(int)), trial
         assert np.array_equal(ours, ref), trial
         which = rng.permutation(n)[: max(1, n // 2)]  # a subset, in any order: each tile's mask from the reference
