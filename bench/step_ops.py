@@ -57,8 +57,9 @@ def op_times(model: str, precision: str, steps: int = 2) -> tuple[float, OpTimes
         for _ in range(steps):
             run()
     step = 1e3 * (time.perf_counter() - t0) / steps
-    for name in times.ms:
+    for name in times.ms:  # per step
         times.ms[name] /= steps
+        times.calls[name] //= steps
     return step, times
 
 
@@ -77,7 +78,7 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for name in sorted(t32.ms, key=lambda n: -t32.ms[n])[: args.top]:
             b = t16.ms.get(name, 0.0)
-            print(f"| {name.removeprefix('aten.')} | {t32.calls[name] // 2} | {t32.ms[name]:.1f} | {b:.1f} | "
+            print(f"| {name.removeprefix('aten.')} | {t32.calls[name]} | {t32.ms[name]:.1f} | {b:.1f} | "
                   f"{t32.ms[name] / b if b else float('nan'):.2f}x |")
         rest32 = step32 - sum(t32.ms[n] for n in t32.ms if "convolution" in n)
         rest16 = step16 - sum(t16.ms[n] for n in t16.ms if "convolution" in n)
