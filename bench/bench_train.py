@@ -8,8 +8,8 @@ One training step = forward, CE + Lovász-softmax (the default loss), backward a
 count, three cases run interleaved round by round (load from other processes hits all alike; medians reported):
 
   * reference: the step as it was before issue 19, fp32, contiguous (NCHW) tensors, and the group U-Nets' head as
-    its modules (`GSequential.forward`: the (8, 128, 128, 128) group-conv output materialised), i.e. the current version's
-    fp32 step before this change;
+    its modules (`GSequential.forward`: the (8, 128, 128, 128) group-conv output materialised), and upsampling by
+    nn.Upsample (aten's generic CPU backward), i.e. the current version's fp32 step before this change;
   * fp32 and bf16: the step now (`train.precision`), in the layout the model prefers (eqseg.runtime.memory_format:
     channels_last for unet and gridnet), the group head fused (gconv.invariant_head).
 
@@ -40,6 +40,17 @@ def legacy_group_forward(self, x: torch.Tensor) -> torch.Tensor:
     from eqseg.models.gconv import GSequential
 
     return GSequential.forward(self.head, self.features(x))
+
+
+def legacy_upsampling(net: torch.nn.Module) -> torch.nn.Module:
+    """Every Upsample2x (eqseg.models.upsample, this issue's faster CPU backward) back to the nn.Upsample it was."""
+    from eqseg.models.upsample import Upsample2x
+
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Upsample2x):
+                setattr(parent, name, child.export())
+    return net
 
 
 def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format, device: torch.device, batch: int):
@@ -88,7 +99,7 @@ def bench(models: list[str], threads: list[int], repeats: int, device: torch.dev
             torch.manual_seed(0)
             net = build(name, CHANNELS, CLASSES)
             macs = count_macs(net, CHANNELS, SIZE)
-            reference = copy.deepcopy(net)
+            reference = legacy_upsampling(copy.deepcopy(net))
             if isinstance(reference, GUNet):
                 reference.forward = types.MethodType(legacy_group_forward, reference)
                 macs_reference = count_macs(reference, CHANNELS, SIZE)

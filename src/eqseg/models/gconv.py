@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from eqseg.errors import EqsegError
 from eqseg.models.groups import Group, Rep, equivariance_errors
+from eqseg.models.upsample import Upsample2x
 
 
 class GModule(nn.Module):
@@ -221,17 +222,16 @@ class GMaxPool2d(GModule, nn.MaxPool2d):
         return nn.MaxPool2d(2)
 
 
-class GUpsample(GModule, nn.Upsample):
+class GUpsample(GModule, Upsample2x):
     """Bilinear x2 upsampling with align_corners=False: its sample positions are symmetric about the centre."""
 
     in_rep = out_rep = "regular"
 
     def __init__(self, group: Group, fields: int):
-        nn.Upsample.__init__(self, scale_factor=2, mode="bilinear", align_corners=False)
+        Upsample2x.__init__(self)
         self.group, self.in_channels = group, fields * group.order
 
-    def export(self) -> nn.Upsample:
-        return nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+    export = Upsample2x.export  # GModule's abstract export comes first in the MRO
 
 
 def max_over_group(x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from eqseg.errors import EqsegError
 from eqseg.models.registry import register
+from eqseg.models.upsample import Upsample2x
 
 
 def double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -42,6 +43,7 @@ class UNet(nn.Module):
         self.down.extend(double_conv(chans[i], chans[i + 1]) for i in range(depth))
         self.up = nn.ModuleList(double_conv(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(depth)))
         self.head = nn.Conv2d(chans[0], num_classes, 1)
+        self.upsample = Upsample2x()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tile_size(x.shape[-2], x.shape[-1], self.depth)
@@ -51,7 +53,7 @@ class UNet(nn.Module):
             skips.append(x)
         skips.pop()
         for block in self.up:
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = self.upsample(x)
             x = block(torch.cat([x, skips.pop()], dim=1))
         return self.head(x)
 
