@@ -9,7 +9,8 @@ count, three cases run interleaved round by round (load from other processes hit
 
   * reference: the step as it was before issue 19, fp32, contiguous (NCHW) tensors, and the group U-Nets' head as
     its modules (`GSequential.forward`: the (8, 128, 128, 128) group-conv output materialised), and upsampling by
-    nn.Upsample (aten's generic CPU backward), i.e. the current version's fp32 step before this change;
+    nn.Upsample (aten's generic CPU backward) and Lovász-softmax sorting with torch.sort, i.e. the current
+    version's fp32 step before this change;
   * fp32 and bf16: the step now (`train.precision`), in the layout the model prefers (eqseg.runtime.memory_format:
     channels_last for unet and gridnet), the group head fused (gconv.invariant_head).
 
@@ -21,6 +22,7 @@ bench/results/train.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -53,8 +55,23 @@ def legacy_upsampling(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format, device: torch.device, batch: int):
-    """One call = one training step through eqseg.train.loop.train_one_epoch on one fixed batch."""
+@contextlib.contextmanager
+def legacy_lovasz_sort():
+    """Lovász-softmax's sort as it was before this issue: torch.sort, not numpy's AVX-512 argsort."""
+    from eqseg.losses import lovasz
+
+    current = lovasz.descending_order
+    lovasz.descending_order = lambda errors: torch.sort(errors.detach(), dim=0, descending=True).indices
+    try:
+        yield
+    finally:
+        lovasz.descending_order = current
+
+
+def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format, device: torch.device, batch: int,
+              legacy: bool = False):
+    """One call = one training step through eqseg.train.loop.train_one_epoch on one fixed batch (legacy: with
+    Lovász's sort as it was)."""
     from eqseg.losses import build_loss
     from eqseg.train.loop import train_one_epoch
 
@@ -69,7 +86,8 @@ def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format,
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def run():
-        float(train_one_epoch(net, loader, loss, optimiser, scaler, device, precision, torch.Generator(), net))
+        with legacy_lovasz_sort() if legacy else contextlib.nullcontext():
+            float(train_one_epoch(net, loader, loss, optimiser, scaler, device, precision, torch.Generator(), net))
 
     return run
 
@@ -106,7 +124,7 @@ def bench(models: list[str], threads: list[int], repeats: int, device: torch.dev
             else:
                 macs_reference = macs
             cases = {
-                "reference fp32": step_case(reference, "fp32", torch.contiguous_format, device, batch),
+                "reference fp32": step_case(reference, "fp32", torch.contiguous_format, device, batch, legacy=True),
                 "fp32": step_case(copy.deepcopy(net), "fp32", memory_format(net), device, batch),
                 "bf16": step_case(copy.deepcopy(net), "bf16", memory_format(net), device, batch),
             }
