@@ -64,9 +64,10 @@ def test_group_max_linear_is_the_max_over_the_group_with_its_gradient(chunk):
     assert torch.autograd.gradcheck(lambda a, b: group_max_linear(a, b, chunk), (x, w))
 
 
-def test_group_max_linear_sends_a_tie_to_the_first_maximum_like_max():
-    x = torch.ones(1, 2, dtype=torch.float64, requires_grad=True)
-    w = torch.zeros(4, 1, 2, dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_group_max_linear_sends_a_tie_to_the_first_maximum_like_max(dtype):
+    x = torch.ones(1, 2, dtype=dtype, requires_grad=True)
+    w = torch.zeros(4, 1, 2, dtype=dtype)
     w[1] = w[3] = 1.0  # elements 1 and 3 tie for the max
     w.requires_grad_()
     group_max_linear(x, w, 4).sum().backward()

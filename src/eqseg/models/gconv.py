@@ -367,6 +367,10 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else t.dtype
 
 
+_SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
+                   torch.float16: torch.int16}
+
+
 class _GroupMaxLinear(torch.autograd.Function):
     """max over g of x @ w[g].T for rows x (N, C) and weights w (|G|, F, C): (N, F), computed over chunks of rows.
 
@@ -375,7 +379,9 @@ class _GroupMaxLinear(torch.autograd.Function):
     matmul that makes them. Per chunk of n rows, in cache: the products transposed, (|G|, F, n) from one `mm`
     (a broadcast `matmul` to (|G|, n, F) was 10x slower), their max over the leading group dim (`amax`,
     vectorised; `max(dim)` with indices is 10x slower on CPU) and the arg max (first maximum) as uint8. The
-    backward scatters the output gradient to the arg max: the same gradient as `max(dim)`'s."""
+    backward scatters the output gradient to the arg max: the same gradient as `max(dim)`'s. The arg max compares
+    bit patterns, not values (the same but for +0 and -0, which tie as values; `amax` returns one of its inputs, so
+    one element always matches)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -384,13 +390,14 @@ class _GroupMaxLinear(torch.autograd.Function):
         order, fields, channels = w.shape
         w2 = wd.reshape(order * fields, channels)  # row g*F + f
         first = torch.arange(order, 0, -1, dtype=torch.uint8, device=x.device).view(order, 1, 1)  # |G| - g
+        bits = _SAME_WIDTH_INT[dtype]  # compare bit patterns: 2.5x faster than a bf16 `==` on CPU (issue 19)
         out = torch.empty(x.shape[0], fields, dtype=dtype, device=x.device)
         arg = torch.empty(fields, x.shape[0], dtype=torch.uint8, device=x.device)
         for s in range(0, x.shape[0], chunk):
             y = (w2 @ xd[s : s + chunk].t()).view(order, fields, -1)
             top = y.amax(0)
             out[s : s + chunk] = top.t()
-            arg[:, s : s + chunk] = order - ((y == top) * first).amax(0)
+            arg[:, s : s + chunk] = order - ((y.view(bits) == top.view(bits)) * first).amax(0)
         ctx.save_for_backward(xd, wd, arg)
         ctx.chunk, ctx.x_dtype, ctx.w_dtype = chunk, x.dtype, w.dtype
         return out
