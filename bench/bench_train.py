@@ -1,7 +1,7 @@
 """The training step of every segmentation model, in fp32 and bf16, against the step before issue 19, in one run.
 
     /work/main/.venv/bin/python bench/bench_train.py [--repeats 5] [--threads 1 2] [--models unet p4_unet p4m_unet gridnet]
-        [--device cpu|cuda] [--batch 8]
+        [--device cpu|cuda] [--batch 8] [--other-layout]
 
 One training step = forward, CE + Lovász-softmax (the default loss), backward and an AdamW step, on a batch of
 8 tiles of 3 x 128 x 128 px with 2 classes, through eqseg's own `train_one_epoch` (one batch). Per model and thread
@@ -105,7 +105,8 @@ def time_interleaved(cases: dict, repeats: int, warmup: int = 2) -> dict[str, fl
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def bench(models: list[str], threads: list[int], repeats: int, device: torch.device, batch: int) -> list[dict]:
+def bench(models: list[str], threads: list[int], repeats: int, device: torch.device, batch: int,
+          other_layout: bool = False) -> list[dict]:
     from eqseg.models import build, count_macs
     from eqseg.models.gunet import GUNet
     from eqseg.runtime import memory_format
@@ -130,13 +131,18 @@ def bench(models: list[str], threads: list[int], repeats: int, device: torch.dev
             }
             if device.type == "cuda":
                 cases["fp16"] = step_case(copy.deepcopy(net), "fp16", memory_format(net), device, batch)
+            other = torch.contiguous_format if memory_format(net) == torch.channels_last else torch.channels_last
+            layouts = {case: memory_format(net) for case in cases} | {"reference fp32": torch.contiguous_format}
+            if other_layout:  # is the layout runtime.memory_format picks the faster one here?
+                for precision in [c for c in cases if not c.startswith("reference")]:
+                    case = f"{precision} {str(other).split('.')[-1]}"
+                    cases[case], layouts[case] = step_case(copy.deepcopy(net), precision, other, device, batch), other
             ms = time_interleaved(cases, repeats)
             for case, t in ms.items():
                 m = macs_reference if case.startswith("reference") else macs
                 rows.append(dict(model=name, threads=n_threads, case=case, ms=round(t, 1),
                                  tiles_per_s=round(batch / t * 1e3, 1), speedup=round(ms["reference fp32"] / t, 2),
-                                 gflops=round(6 * m * batch / t / 1e6, 1), layout=str(memory_format(net)).split(".")[-1]
-                                 if case != "reference fp32" else "contiguous_format"))
+                                 gflops=round(6 * m * batch / t / 1e6, 1), layout=str(layouts[case]).split(".")[-1]))
             print(f"  {name} x{n_threads}: " + ", ".join(f"{c} {t:.0f} ms" for c, t in ms.items()), flush=True)
     return rows
 
@@ -149,11 +155,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--batch", type=int, default=BATCH)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train.json")
+    ap.add_argument("--other-layout", action="store_true",
+                    help="also time each precision in the layout runtime.memory_format does not pick")
     args = ap.parse_args()
     from eqseg.runtime import native_bf16
 
     device = torch.device(args.device)
-    rows = bench(args.models, args.threads, args.repeats, device, args.batch)
+    rows = bench(args.models, args.threads, args.repeats, device, args.batch, args.other_layout)
     print("\n| model | threads | case | ms / step | tiles / s | speed-up vs reference | GFLOP/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

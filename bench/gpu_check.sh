@@ -23,8 +23,8 @@ $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_precision.py 
 
 # 2. the training step
 if [ "$QUICK" = "--quick" ]; then REPEATS=1; MODELS="unet p4m_unet"; else REPEATS=10; MODELS="unet p4_unet p4m_unet gridnet"; fi
-$PY bench/bench_train.py --device "$DEVICE" --threads "$(nproc)" --repeats $REPEATS --models $MODELS \
-  --out "$OUT/train.json" 2>&1 | tee "$OUT/bench_train.log" | tail -20
+$PY bench/bench_train.py --device "$DEVICE" --threads "$(nproc)" --repeats $REPEATS --models $MODELS --other-layout \
+  --out "$OUT/train.json" 2>&1 | tee "$OUT/bench_train.log" | tail -30
 
 # 3. the default pipeline on the GPU, in a scratch copy of the repository (results/ of this checkout untouched)
 if [ "$QUICK" != "--quick" ]; then

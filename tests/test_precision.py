@@ -117,14 +117,27 @@ def test_group_unet_equivariance_holds_in_fp32_after_bf16_training():
 # ---- memory format ----------------------------------------------------------------------------------------------
 
 
-def test_plain_nets_run_channels_last_with_the_same_outputs():
-    unet, p4m = build("unet", 3, 2, depth=2, width=8).eval(), build("p4m_unet", 3, 2, depth=2, width=16)
-    assert memory_format(unet) == torch.channels_last and memory_format(p4m) == torch.contiguous_format
-    x = torch.randn(2, 3, 16, 16)
+@pytest.mark.parametrize("model", ["unet", "p4m_unet", "p4_unet"])
+def test_nets_run_channels_last_with_the_same_outputs_and_gradients(model):
+    """Every U-Net runs channels_last (runtime.memory_format); the layout changes neither outputs, parameter
+    gradients nor batch-norm statistics (float64: rounding is not what this checks)."""
+    import copy
+
+    torch.manual_seed(0)
+    net = build(model, 3, 2, depth=2, width=8).double()
+    assert memory_format(net) == torch.channels_last
+    last = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    out, out_last = net(x), last(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out_last, out)
+    out.square().mean().backward()
+    out_last.square().mean().backward()
+    for (name, p), q in zip(net.named_parameters(), last.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    for (name, b), c in zip(net.named_buffers(), last.buffers()):
+        torch.testing.assert_close(c, b, msg=name)
     with torch.no_grad():
-        plain = unet(x)
-        last = unet.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(last, plain, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(last.eval()(x.contiguous(memory_format=torch.channels_last)), net.eval()(x))
 
 
 def test_group_batch_norm_gives_the_same_statistics_in_channels_last():

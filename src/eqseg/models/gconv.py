@@ -32,7 +32,7 @@ class GModule(nn.Module):
     out_rep: Rep
     in_channels: int  # raw channels of the input tensor
     tile_multiple: int = 1  # inputs must be multiples of this (pooling) for exact equivariance
-    prefers_contiguous = True  # (B, F*|G|, H, W) views in group batch norm and heads: eqseg.runtime.memory_format
+    prefers_contiguous = False  # eqseg.runtime.memory_format: channels_last (GBatchNorm's docstring says why)
 
     def raw_out_channels(self) -> int:
         """Raw channels of the output tensor (pointwise modules keep their input's)."""
@@ -173,12 +173,15 @@ class GBatchNorm(GModule, nn.BatchNorm2d):
         self.group, self.in_channels = group, fields * group.order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-field statistics over batch, group and space: aten's batch norm on a (B, F, |G|*H, W) view.
+
+        A channels_last input goes through that contiguous view and back (two copies): aten's batch norm over
+        channels_last rows of F x |G| values, the only view of that layout, was 4-10x slower in bf16 on CPU
+        (bench/README.md, issue 19), and the group U-Nets run channels_last for their convolutions and pooling."""
         b, c, h, w = x.shape
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            # channels_last: a (B*H*W, F, |G|, 1) view, the same statistics
-            rows = super().forward(x.permute(0, 2, 3, 1).reshape(-1, self.num_features, self.group.order, 1))
-            return rows.view(b, h, w, c).permute(0, 3, 1, 2)
-        # a (B, F, |G|*H, W) view: per-field statistics over batch, group and space
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            y = super().forward(x.contiguous().view(b, self.num_features, -1, w)).view(b, c, h, w)
+            return y.contiguous(memory_format=torch.channels_last)
         return super().forward(x.reshape(b, self.num_features, -1, w)).view(b, c, h, w)
 
     def export(self) -> nn.BatchNorm2d:
