@@ -20,6 +20,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from eqseg.errors import EqsegError
+from eqseg.models.batch_norm import BatchNorm2d, is_channels_last
 from eqseg.models.groups import Group, Rep, equivariance_errors
 from eqseg.models.upsample import Upsample2x
 
@@ -163,26 +164,29 @@ class GroupConv(_GroupConvBase):
         super().__init__(group, in_fields, out_fields, group.order, kernel_size, padding, bias)
 
 
-class GBatchNorm(GModule, nn.BatchNorm2d):
+class GBatchNorm(GModule, BatchNorm2d):
     """Batch norm with one mean/variance/affine per field, shared over the group axis (else it breaks equivariance)."""
 
     in_rep = out_rep = "regular"
 
     def __init__(self, group: Group, fields: int, **options):
-        nn.BatchNorm2d.__init__(self, fields, **options)
+        BatchNorm2d.__init__(self, fields, **options)
         self.group, self.in_channels = group, fields * group.order
+        self.channels_per_feature = group.order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-field statistics over batch, group and space: aten's batch norm on a (B, F, |G|*H, W) view.
+        """Per-field statistics over batch, group and space, as aten's batch norm on the (B, F, |G|*H, W) view.
 
-        A channels_last input goes through that contiguous view and back (two copies): aten's batch norm over
-        channels_last rows of F x |G| values, the only view of that layout, was 4-10x slower in bf16 on CPU
-        (bench/README.md, issue 19), and the group U-Nets run channels_last for their convolutions and pooling."""
+        A channels_last input on the CPU (the group U-Nets run channels_last for their convolutions, pooling and
+        head) stays in its layout (models/batch_norm.py); elsewhere it goes through that view (and back: two
+        copies for channels_last)."""
+        if self.uses_rows_kernel(x):
+            return BatchNorm2d.forward(self, x)
         b, c, h, w = x.shape
-        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            y = super().forward(x.contiguous().view(b, self.num_features, -1, w)).view(b, c, h, w)
+        if is_channels_last(x):
+            y = nn.BatchNorm2d.forward(self, x.contiguous().view(b, self.num_features, -1, w)).view(b, c, h, w)
             return y.contiguous(memory_format=torch.channels_last)
-        return super().forward(x.reshape(b, self.num_features, -1, w)).view(b, c, h, w)
+        return nn.BatchNorm2d.forward(self, x.reshape(b, self.num_features, -1, w)).view(b, c, h, w)
 
     def export(self) -> nn.BatchNorm2d:
         n = self.group.order

@@ -1,0 +1,150 @@
+"""Batch norm of channels_last tensors on the CPU through aten's per-column kernels on a free rows view; written for
+the group batch norm, whose field f pools the statistics of its |G| channels f*|G| + g.
+
+Why (issue 19, bench/README.md): the group U-Nets run channels_last (their convolutions, pooling and head are faster
+so), and no aten call computes a group batch norm in that layout; the contiguous round trip `GBatchNorm` took
+instead spent most of its time in four transposing copies. Here the tensor stays where it is: its (B*H*W, C) rows
+are viewed k at a time as (B*H*W/k, k*C) rows (k*C >= 256 columns: aten's kernels are slow on narrow rows), aten's
+kernels give each column's mean and variance (forward) and each column's sums of dy and dy*x_hat (backward), and a
+feature's statistics are those of its k*|G| columns pooled exactly (the parallel-variance formula); output and
+input gradient come from aten's eval-mode kernels with per-column coefficients. Same function, gradients and
+running statistics as `F.batch_norm` on the (B, F, |G|*H, W) view (`tests/test_batch_norm.py`: gradcheck in
+float64, aten's values in float32 and bfloat16). Group batch norm forward + backward, 1 thread, summed over
+p4_unet's 14: 88 -> 30 ms in bf16, 117 -> 45 ms in fp32. Plain batch norms (unet, gridnet) keep nn.BatchNorm2d:
+aten's own channels_last kernel was faster for them at every width but 8 channels in bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+aten = torch.ops.aten
+MIN_COLUMNS = 256  # narrower rows leave aten's vectors partly empty (bench/README.md)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-d tensor laid out channels_last and not also contiguous (size-1 dims make some tensors both)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def rows_per_view_row(pixels: int, channels: int) -> int:
+    """k: pixel rows per row of the wide view; a power of two dividing `pixels`, k*channels >= MIN_COLUMNS if it can."""
+    k = 1
+    while k * channels < MIN_COLUMNS and pixels % (2 * k) == 0:
+        k *= 2
+    return k
+
+
+class _Layout:
+    """A channels_last (B, F*order, H, W) tensor as wide rows (B*H*W/k, k*F*order): column j*F*order + f*order + g."""
+
+    def __init__(self, shape: torch.Size, order: int):
+        self.shape, self.order = shape, order
+        b, c, h, w = shape
+        self.k = rows_per_view_row(b * h * w, c)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).reshape(-1, self.k * self.shape[1])
+
+    def pooled(self, column_values: torch.Tensor) -> torch.Tensor:
+        """Per column -> (features, k*order): the columns each feature pools."""
+        return column_values.view(self.k, -1, self.order).transpose(0, 1).reshape(-1, self.k * self.order)
+
+    def columns(self, feature_values: torch.Tensor) -> torch.Tensor:
+        return feature_values.repeat_interleave(self.order).repeat(self.k)
+
+
+class _ChannelsLastBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, use_batch_stats, factor, eps, order):
+        layout = _Layout(x.shape, order)
+        rows = layout.rows(x)
+        out = torch.empty_like(x)  # channels_last, written through its rows view so that it is not a view itself
+        count = x.numel() // weight.numel()  # values per feature
+        if use_batch_stats:  # per-column statistics; the normalised columns written to `out` are overwritten below
+            ones = torch.ones(rows.shape[1], dtype=weight.dtype, device=x.device)
+            _, mean_c, invstd_c = aten.native_batch_norm.out(
+                rows, ones, None, None, None, True, 0.0, 0.0, out=layout.rows(out),
+                save_mean=weight.new_empty(rows.shape[1]), save_invstd=weight.new_empty(rows.shape[1]))
+            var_c = torch.where(invstd_c > 0, invstd_c.pow(-2), 0.0)  # aten gives invstd 0 for a constant column
+            mean_c, var_c = layout.pooled(mean_c), layout.pooled(var_c)  # equal counts per column
+            mean = mean_c.mean(1)
+            var = (var_c + (mean_c - mean[:, None]).square()).mean(1)  # biased: the columns pooled exactly
+            if running_mean is not None and factor > 0:
+                running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+                running_var.mul_(1 - factor).add_(var * (count / max(count - 1, 1)), alpha=factor)
+        else:
+            mean, var = running_mean, running_var
+        _normalise(rows, layout.columns(weight), layout.columns(bias), layout, mean, var, eps, out)
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.order, ctx.count, ctx.eps, ctx.use_batch_stats = order, count, eps, use_batch_stats
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, mean, var = ctx.saved_tensors
+        layout = _Layout(x.shape, ctx.order)
+        rows, grad_rows = layout.rows(x), layout.rows(grad.contiguous(memory_format=torch.channels_last))
+        mean_c, var_c = layout.columns(mean), layout.columns(var)
+        invstd = (var + ctx.eps).rsqrt()
+        ones = torch.ones(rows.shape[1], dtype=weight.dtype, device=x.device)
+        # per column: sum(dy * (x - mean) * invstd) and sum(dy), with the feature's statistics
+        _, dot_c, sum_c = aten.native_batch_norm_backward(
+            grad_rows, rows, ones, None, None, mean_c, layout.columns(invstd), True, 0.0, [False, True, True])
+        grad_weight, grad_bias = layout.pooled(dot_c).sum(1), layout.pooled(sum_c).sum(1)
+        # dx = w*invstd*dy - w*invstd*(sum(dy) + x_hat*sum(dy*x_hat))/n: the first term through aten's eval-mode
+        # backward, the second (an affine map of x_hat) through its eval-mode forward; each computes in float32
+        grad_in = torch.empty_like(x)
+        scaled = aten.native_batch_norm_backward(grad_rows, rows, layout.columns(weight), mean_c, var_c, None, None,
+                                                 False, ctx.eps, [True, False, False])[0]
+        if ctx.use_batch_stats:  # with running statistics (eval mode) these are constants: no second term
+            a = weight * invstd / ctx.count
+            _normalise(rows, layout.columns(-a * grad_weight), layout.columns(-a * grad_bias), layout, mean, var,
+                       ctx.eps, grad_in)
+            layout.rows(grad_in).add_(scaled)
+        else:
+            layout.rows(grad_in).copy_(scaled)
+        return grad_in, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _normalise(rows, weight_c, bias_c, layout, mean, var, eps, out):
+    """out's rows = (rows - mean) / sqrt(var + eps) * weight_c + bias_c, per column (aten's eval-mode batch norm)."""
+    aten.native_batch_norm.out(rows, weight_c, bias_c, layout.columns(mean), layout.columns(var), False, 0.0, eps,
+                               out=layout.rows(out), save_mean=weight_c.new_empty(0), save_invstd=weight_c.new_empty(0))
+
+
+def batch_norm_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                             running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                             use_batch_stats: bool, factor: float, eps: float, order: int = 1) -> torch.Tensor:
+    """Batch norm of a channels_last (B, F*order, H, W) tensor with one mean, variance and affine per feature f
+    (over batch, space and its `order` channels f*order + g), as F.batch_norm on the (B, F, order*H, W) view;
+    channels_last out. `factor` weighs the batch in the running statistics (momentum), with batch statistics only."""
+    return _ChannelsLastBatchNorm.apply(x, weight, bias, running_mean, running_var, use_batch_stats, factor, eps,
+                                        order)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d whose channels_last CPU inputs go through `batch_norm_channels_last` (same function; a
+    subclass, so state dicts, isinstance checks and AdaBN are unchanged)."""
+
+    channels_per_feature = 1  # GBatchNorm: |G|
+
+    def uses_rows_kernel(self, x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and is_channels_last(x) and self.affine and self.track_running_stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.uses_rows_kernel(x):
+            return super().forward(x)
+        self._check_input_dim(x)
+        return batch_norm_channels_last(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                        self.training, self._update_factor(), self.eps, self.channels_per_feature)
+
+    def _update_factor(self) -> float:
+        """nn.BatchNorm2d's running-statistics weight for this call (counting the batch in training mode)."""
+        if not self.training:
+            return 0.0
+        self.num_batches_tracked.add_(1)
+        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
