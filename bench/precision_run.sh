@@ -3,6 +3,7 @@
 # one commit, at nice 19, seed by seed (resumable: Snakemake skips finished cells); then pair them with
 # bench/precision_accuracy.py. Usage: bash bench/precision_run.sh COMMIT [WORKDIR=/tmp/prec]
 set -u
+command -v snakemake > /dev/null || { echo "precision_run.sh: snakemake is not on PATH (activate the venv first)" >&2; exit 2; }
 COMMIT=${1:?usage: precision_run.sh COMMIT [WORKDIR]}
 WORK=${2:-/tmp/prec}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +35,9 @@ PY
     echo "$(date +%T) seed $seed $p start" >> "$WORK/progress.log"
     (cd "$d" && PYTHONPATH=$d/src nice -n 19 /usr/bin/time -v snakemake $targets --cores 2 --configfile params_prec.yaml \
        > "$WORK/snake_${p}_$seed.log" 2> "$WORK/time_${p}_$seed.txt")
-    echo "$(date +%T) seed $seed $p done rc=$?" >> "$WORK/progress.log"
+    rc=$?
+    echo "$(date +%T) seed $seed $p done rc=$rc" >> "$WORK/progress.log"
+    [ $rc -eq 0 ] || { echo "precision_run.sh: seed $seed $p failed (rc=$rc): $WORK/time_${p}_$seed.txt" >&2; exit $rc; }
   done
 done
 echo "then: python bench/precision_accuracy.py $WORK/fp32 $WORK/bf16 --out docs/results/precision"
