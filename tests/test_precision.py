@@ -117,18 +117,27 @@ def test_group_unet_equivariance_holds_in_fp32_after_bf16_training():
 # ---- memory format ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("bands", [3, 1])
 @pytest.mark.parametrize("model", ["unet", "p4m_unet", "p4_unet"])
-def test_nets_run_channels_last_with_the_same_outputs_and_gradients(model):
-    """Every U-Net runs channels_last (runtime.memory_format); the layout changes neither outputs, parameter
-    gradients nor batch-norm statistics (float64: rounding is not what this checks)."""
+def test_nets_run_channels_last_with_the_same_outputs_and_gradients(model, bands):
+    """Every U-Net runs channels_last (runtime.memory_format), every layer of it, also on one-band images (laid out
+    both ways at once: the group nets' lifting conv returned contiguous tensors, and the whole net ran so); the
+    layout changes neither outputs, parameter gradients nor batch-norm statistics (float64: rounding is not what
+    this checks)."""
     import copy
 
     torch.manual_seed(0)
-    net = build(model, 3, 2, depth=2, width=8).double()
+    net = build(model, bands, 2, depth=2, width=8).double()
     assert memory_format(net) == torch.channels_last
     last = copy.deepcopy(net).to(memory_format=torch.channels_last)
-    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    layouts = []
+    for module in last.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d)) or type(module).__name__ in (
+                "LiftingConv", "GroupConv"):
+            module.register_forward_hook(lambda m, i, o: layouts.append((type(m).__name__, o.stride())))
+    x = torch.randn(2, bands, 16, 16, dtype=torch.float64)
     out, out_last = net(x), last(x.contiguous(memory_format=torch.channels_last))
+    assert layouts and all(stride[1] == 1 for _, stride in layouts), layouts  # channels innermost
     torch.testing.assert_close(out_last, out)
     out.square().mean().backward()
     out_last.square().mean().backward()

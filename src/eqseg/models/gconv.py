@@ -153,6 +153,16 @@ class LiftingConv(_GroupConvBase):
                  padding: int | None = None, bias: bool = False):
         super().__init__(group, in_channels, out_fields, 1, kernel_size, padding, bias)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A one-channel image (panchromatic, EM, MNIST) is laid out both ways at once, and the convolution, its
+        filter bank being contiguous, then returns a contiguous tensor: the whole group net would run contiguous,
+        not in the channels_last the training loop asked for (runtime.memory_format). Such an output goes to
+        channels_last, as a channels_last input of several channels gives."""
+        y = super().forward(x)
+        if x.dim() == 4 and x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return y.contiguous(memory_format=torch.channels_last)
+        return y
+
 
 class GroupConv(_GroupConvBase):
     """Regular fields -> regular fields (group correlation on G x Z^2)."""
