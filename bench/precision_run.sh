@@ -11,7 +11,7 @@ mkdir -p "$WORK"
 for p in fp32 bf16; do
   d=$WORK/$p
   [ -d "$d" ] || git clone -q "$REPO" "$d"
-  (cd "$d" && git checkout -q "$COMMIT")
+  (cd "$d" && git fetch -q "$REPO" && git checkout -q "$COMMIT") || { echo "precision_run.sh: no commit $COMMIT in $REPO" >&2; exit 2; }
   python - "$d" "$p" <<'PY'
 import sys, yaml
 d, p = sys.argv[1], sys.argv[2]
