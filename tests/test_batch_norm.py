@@ -94,10 +94,12 @@ def test_running_statistics_by_hand():
 
 
 def test_cumulative_average_when_momentum_is_none():
+    """Also under no_grad in training mode, as AdaBN re-estimates the statistics on a target domain."""
     ours, ref = make(P4M, 2, momentum=None), make(P4M, 2, momentum=None)
     for seed in range(3):
         x = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(seed)).contiguous(memory_format=CL)
-        ours(x), ref(x.contiguous())  # the contiguous path: nn.BatchNorm2d's own cumulative average
+        with torch.no_grad() if seed == 2 else torch.enable_grad():
+            ours(x), ref(x.contiguous())  # the contiguous path: nn.BatchNorm2d's own cumulative average
     torch.testing.assert_close(ours.running_mean, ref.running_mean)
     torch.testing.assert_close(ours.running_var, ref.running_var)
     assert ours.num_batches_tracked.item() == 3
