@@ -2,7 +2,7 @@
 
     # each precision in its own clone at one commit (params.yaml with grid.seeds [0, 1, 2] and train.precision
     # fp32 / bf16; bench/precision_run.sh COMMIT), then:
-    /work/main/.venv/bin/python bench/precision_accuracy.py /tmp/prec/fp32 /tmp/prec/bf16 --out docs/results/precision
+    /work/main/.venv/bin/python bench/precision_accuracy.py /tmp/prec/fp32 /tmp/prec/bf16 --out docs/results/precision/COMMIT
 
 Reads results/eval/{dataset}/{model}/full/d4/b100/seed{s}/{dataset}/metrics.json of both runs; for every model
 and dataset, and over all cells, the paired difference bf16 - fp32 of test mIoU (macro) with its 95 % Student-t

@@ -40,4 +40,4 @@ PY
     [ $rc -eq 0 ] || { echo "precision_run.sh: seed $seed $p failed (rc=$rc): $WORK/time_${p}_$seed.txt" >&2; exit $rc; }
   done
 done
-echo "then: python bench/precision_accuracy.py $WORK/fp32 $WORK/bf16 --out docs/results/precision"
+echo "then: python bench/precision_accuracy.py $WORK/fp32 $WORK/bf16 --out docs/results/precision/$COMMIT"
