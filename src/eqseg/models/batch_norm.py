@@ -10,8 +10,9 @@ feature's statistics are those of its k*|G| columns pooled exactly (the parallel
 input gradient come from aten's eval-mode kernels with per-column coefficients. Same function, gradients and
 running statistics as `F.batch_norm` on the (B, F, |G|*H, W) view (`tests/test_batch_norm.py`: gradcheck in
 float64, aten's values in float32 and bfloat16). Group batch norm forward + backward, 1 thread, summed over
-p4_unet's 14: 88 -> 30 ms in bf16, 117 -> 45 ms in fp32. Plain batch norms (unet, gridnet) keep nn.BatchNorm2d:
-aten's own channels_last kernel was faster for them at every width but 8 channels in bf16.
+p4_unet's 14: 94 -> 34 ms in bf16, 119 -> 39 ms in fp32 (`bench/bench_batch_norm.py`). Plain batch norms (unet,
+gridnet) keep nn.BatchNorm2d: aten's own channels_last kernel was faster for them at every width but 8 channels in
+bf16.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def batch_norm_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.
 
 class BatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d whose channels_last CPU inputs go through `batch_norm_channels_last` (same function; a
-    subclass, so state dicts, isinstance checks and AdaBN are unchanged)."""
+    subclass, so state dicts, isinstance checks and AdaBN are unchanged). The base of `GBatchNorm`; with one channel
+    per feature it is tested against nn.BatchNorm2d but not used: aten's own kernel is faster there."""
 
     channels_per_feature = 1  # GBatchNorm: |G|
 
