@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from eqseg.models.gconv import GBatchNorm
-from eqseg.models.batch_norm import BatchNorm2d, batch_norm_channels_last, is_channels_last, rows_per_view_row
+from eqseg.models.batch_norm import BatchNorm2d, batch_norm_channels_last, rows_per_view_row
+from eqseg.models.layout import is_channels_last
 from eqseg.models.groups import P4, P4M
 
 CL = torch.channels_last

@@ -21,13 +21,10 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from eqseg.models.layout import is_channels_last
+
 aten = torch.ops.aten
 MIN_COLUMNS = 256  # narrower rows leave aten's vectors partly empty (bench/README.md)
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """A 4-d tensor laid out channels_last and not also contiguous (size-1 dims make some tensors both)."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def rows_per_view_row(pixels: int, channels: int) -> int:

@@ -20,7 +20,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from eqseg.errors import EqsegError
-from eqseg.models.batch_norm import BatchNorm2d, is_channels_last
+from eqseg.models.batch_norm import BatchNorm2d
+from eqseg.models.layout import is_channels_last
 from eqseg.models.groups import Group, Rep, equivariance_errors
 from eqseg.models.upsample import Upsample2x
 

@@ -16,18 +16,16 @@ from torch import nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from eqseg.models.layout import is_channels_last
+
 
 def _interpolate(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
 def _interpolate_cpu(x: torch.Tensor) -> torch.Tensor:
     """The channels_last kernel whatever x's layout; the result in x's layout (contiguous unless x is channels_last)."""
-    if _is_channels_last(x):
+    if is_channels_last(x):
         return _interpolate(x)
     return _interpolate(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
@@ -36,7 +34,7 @@ class _Upsample2xCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.input_shape = tuple(x.shape)
-        ctx.channels_last = _is_channels_last(x)
+        ctx.channels_last = is_channels_last(x)
         return _interpolate_cpu(x)
 
     @staticmethod
