@@ -178,3 +178,17 @@ def test_constant_channels():
     expected.backward(grad)
     torch.testing.assert_close(xa.grad, xb.grad)
     torch.testing.assert_close(bn.running_var, ref.running_var)
+
+
+def test_which_batch_norms_take_the_rows_kernel():
+    """Group batch norms always (on CPU, channels_last); plain ones only when narrow (gridnet's 8-channel rows), where
+    aten's channels_last kernel is slow; never a contiguous input (aten's contiguous kernel is fast)."""
+    from eqseg.models import build
+
+    x8, x16 = (torch.zeros(2, c, 4, 4).contiguous(memory_format=CL) for c in (8, 16))
+    assert BatchNorm2d(8).uses_rows_kernel(x8) and not BatchNorm2d(16).uses_rows_kernel(x16)
+    assert GBatchNorm(P4, 4).uses_rows_kernel(x16)
+    assert not BatchNorm2d(8).uses_rows_kernel(torch.zeros(2, 8, 4, 4))
+    assert not BatchNorm2d(8, affine=False).uses_rows_kernel(x8)
+    widths = {m.num_features for m in build("gridnet", 3, 2).modules() if isinstance(m, BatchNorm2d)}
+    assert widths == {8, 16, 32}  # every batch norm of gridnet is eqseg's; its width-8 row takes the rows kernel

@@ -25,6 +25,7 @@ from eqseg.models.layout import is_channels_last
 
 aten = torch.ops.aten
 MIN_COLUMNS = 256  # narrower rows leave aten's vectors partly empty (bench/README.md)
+NARROW_CHANNELS = 8  # plain batch norms this narrow or narrower are faster here than in aten's channels_last kernel
 
 
 def rows_per_view_row(pixels: int, channels: int) -> int:
@@ -49,6 +50,11 @@ class _Layout:
     def pooled(self, column_values: torch.Tensor) -> torch.Tensor:
         """Per column -> (features, k*order): the columns each feature pools."""
         return column_values.view(self.k, -1, self.order).transpose(0, 1).reshape(-1, self.k * self.order)
+
+    def image(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows back to the channels_last (B, C, H, W) tensor they view (no copy)."""
+        b, c, h, w = self.shape
+        return rows.view(b, h, w, c).permute(0, 3, 1, 2)
 
     def columns(self, feature_values: torch.Tensor) -> torch.Tensor:
         return feature_values.repeat_interleave(self.order).repeat(self.k)
@@ -93,18 +99,19 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         _, dot_c, sum_c = aten.native_batch_norm_backward(
             grad_rows, rows, ones, None, None, mean_c, layout.columns(invstd), True, 0.0, [False, True, True])
         grad_weight, grad_bias = layout.pooled(dot_c).sum(1), layout.pooled(sum_c).sum(1)
-        # dx = w*invstd*dy - w*invstd*(sum(dy) + x_hat*sum(dy*x_hat))/n: the first term through aten's eval-mode
-        # backward, the second (an affine map of x_hat) through its eval-mode forward; each computes in float32
+        scale = weight * invstd
+        if not ctx.use_batch_stats:  # running statistics (eval mode) are constants: dx = w*invstd*dy, in float32
+            scaled = aten.native_batch_norm_backward(grad_rows, rows, layout.columns(weight), mean_c, var_c, None,
+                                                     None, False, ctx.eps, [True, False, False])[0]
+            return layout.image(scaled), grad_weight, grad_bias, None, None, None, None, None, None
+        # dx = w*invstd*dy - w*invstd*(sum(dy) + x_hat*sum(dy*x_hat))/n: the affine map of x_hat through aten's
+        # eval-mode forward (float32 inside, written once), then the dy term added in place in one pass (a
+        # separate product and sum took two more passes over the tensor: twice the time, bench/README.md)
         grad_in = torch.empty_like(x)
-        scaled = aten.native_batch_norm_backward(grad_rows, rows, layout.columns(weight), mean_c, var_c, None, None,
-                                                 False, ctx.eps, [True, False, False])[0]
-        if ctx.use_batch_stats:  # with running statistics (eval mode) these are constants: no second term
-            a = weight * invstd / ctx.count
-            _normalise(rows, layout.columns(-a * grad_weight), layout.columns(-a * grad_bias), layout, mean, var,
-                       ctx.eps, grad_in)
-            layout.rows(grad_in).add_(scaled)
-        else:
-            layout.rows(grad_in).copy_(scaled)
+        a = scale / ctx.count
+        _normalise(rows, layout.columns(-a * grad_weight), layout.columns(-a * grad_bias), layout, mean, var, ctx.eps,
+                   grad_in)
+        layout.rows(grad_in).addcmul_(grad_rows, layout.columns(scale).to(x.dtype))
         return grad_in, grad_weight, grad_bias, None, None, None, None, None, None
 
 
@@ -126,13 +133,16 @@ def batch_norm_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.
 
 class BatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d whose channels_last CPU inputs go through `batch_norm_channels_last` (same function; a
-    subclass, so state dicts, isinstance checks and AdaBN are unchanged). The base of `GBatchNorm`; with one channel
-    per feature it is tested against nn.BatchNorm2d but not used: aten's own kernel is faster there."""
+    subclass, so state dicts, isinstance checks and AdaBN are unchanged). The base of `GBatchNorm`, and the plain
+    nets' batch norm: with one channel per feature only NARROW_CHANNELS or fewer take the rows kernel (aten's
+    channels_last kernel is slower on them, and does not use a second thread; it is faster on 16 or more)."""
 
     channels_per_feature = 1  # GBatchNorm: |G|
 
     def uses_rows_kernel(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and is_channels_last(x) and self.affine and self.track_running_stats
+        narrow_or_group = self.channels_per_feature > 1 or self.num_features <= NARROW_CHANNELS
+        return (narrow_or_group and x.device.type == "cpu" and is_channels_last(x) and self.affine
+                and self.track_running_stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.uses_rows_kernel(x):

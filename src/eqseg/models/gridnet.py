@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from eqseg.errors import EqsegError
+from eqseg.models.batch_norm import BatchNorm2d
 from eqseg.models.registry import register
 from eqseg.models.unet import check_tile_size
 
 
 def _bn_relu_conv(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.BatchNorm2d(c_in), nn.ReLU(), nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)]
+    return [BatchNorm2d(c_in), nn.ReLU(), nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)]
 
 
 class Residual(nn.Module):
@@ -41,7 +42,7 @@ def down_block(c_in: int, c_out: int) -> nn.Sequential:
 def up_block(c_in: int, c_out: int) -> nn.Sequential:
     """Doubles resolution (stride-2 transposed conv, exact x2 on any size) and goes to the row above's channels."""
     return nn.Sequential(
-        nn.BatchNorm2d(c_in), nn.ReLU(),
+        BatchNorm2d(c_in), nn.ReLU(),
         nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1, bias=False),
         *_bn_relu_conv(c_out, c_out),
     )
@@ -66,7 +67,7 @@ class GridNet(nn.Module):
         self.up = nn.ModuleList(
             nn.ModuleList(up_block(chans[i + 1], chans[i]) for _ in range(half)) for i in range(rows - 1)
         )
-        self.head = nn.Sequential(nn.BatchNorm2d(chans[0]), nn.ReLU(), nn.Conv2d(chans[0], num_classes, 1))
+        self.head = nn.Sequential(BatchNorm2d(chans[0]), nn.ReLU(), nn.Conv2d(chans[0], num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tile_size(x.shape[-2], x.shape[-1], self.rows - 1)

@@ -11,6 +11,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from eqseg.errors import EqsegError
+from eqseg.models.batch_norm import BatchNorm2d
 from eqseg.models.registry import register
 from eqseg.models.upsample import Upsample2x
 
@@ -18,10 +19,10 @@ from eqseg.models.upsample import Upsample2x
 def double_conv(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
+        BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
+        BatchNorm2d(c_out),
         nn.ReLU(inplace=True),
     )
 
