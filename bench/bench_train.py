@@ -9,7 +9,7 @@ count, three cases run interleaved round by round (load from other processes hit
 
   * reference: the step as it was before issue 19, fp32, contiguous (NCHW) tensors, and the group U-Nets' head as
     its modules (`GSequential.forward`: the (8, 128, 128, 128) group-conv output materialised), and upsampling by
-    nn.Upsample (aten's generic CPU backward) and Lovász-softmax sorting with torch.sort, i.e. the current
+    nn.Upsample (aten's generic CPU backward) and Lovász-softmax pixel-major with torch.sort, i.e. the current
     version's fp32 step before this change;
   * fp32 and bf16: the step now (`train.precision`), in the layout the model prefers (eqseg.runtime.memory_format:
     channels_last for unet and gridnet), the group head fused (gconv.invariant_head).
@@ -55,23 +55,43 @@ def legacy_upsampling(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+def legacy_lovasz_flat(probs: torch.Tensor, target: torch.Tensor, classes: str) -> torch.Tensor:
+    """lovasz._lovasz_flat as the reference has measured it since issue 19 began: pixel-major (P, K) gathers and
+    two cumulative sums down strided columns, sorted by torch.sort (the version before this issue sorted the same
+    way, after a boolean selection of the labelled pixels). Takes the class-major (K, P) probabilities of now."""
+    from eqseg.losses.pixel import IGNORE, one_hot
+
+    probs = probs.t()
+    fg = one_hot(target, probs.shape[1], probs.dtype)
+    errors = torch.where((target != IGNORE).unsqueeze(1), (fg - probs).abs(), 0.0)
+    order = torch.sort(errors.detach(), dim=0, descending=True).indices
+    fg_sorted = fg.gather(0, order)
+    total = fg_sorted.sum(dim=0)
+    jaccard = 1.0 - (total - fg_sorted.cumsum(dim=0)) / (total + (1.0 - fg_sorted).cumsum(dim=0))
+    per_class = (errors.gather(0, order) * torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]], dim=0)).sum(dim=0)
+    if classes == "all":
+        return per_class.mean()
+    present = (fg.sum(dim=0) > 0).to(per_class.dtype)
+    return (per_class * present).sum() / present.sum().clamp_min(1)
+
+
 @contextlib.contextmanager
-def legacy_lovasz_sort():
-    """Lovász-softmax's sort as it was before this issue: torch.sort, not numpy's AVX-512 argsort."""
+def legacy_lovasz():
+    """Lovász-softmax as the reference computes it (legacy_lovasz_flat)."""
     from eqseg.losses import lovasz
 
-    current = lovasz.descending_order
-    lovasz.descending_order = lambda errors: torch.sort(errors.detach(), dim=0, descending=True).indices
+    current = lovasz._lovasz_flat
+    lovasz._lovasz_flat = legacy_lovasz_flat
     try:
         yield
     finally:
-        lovasz.descending_order = current
+        lovasz._lovasz_flat = current
 
 
 def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format, device: torch.device, batch: int,
               legacy: bool = False):
     """One call = one training step through eqseg.train.loop.train_one_epoch on one fixed batch (legacy: with
-    Lovász's sort as it was)."""
+    Lovász-softmax as it was)."""
     from eqseg.losses import build_loss
     from eqseg.train.loop import train_one_epoch
 
@@ -86,7 +106,7 @@ def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format,
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def run():
-        with legacy_lovasz_sort() if legacy else contextlib.nullcontext():
+        with legacy_lovasz() if legacy else contextlib.nullcontext():
             float(train_one_epoch(net, loader, loss, optimiser, scaler, device, precision, torch.Generator(), net))
 
     return run

@@ -151,17 +151,17 @@ def test_lovasz_float32_and_empty_targets():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_lovasz_sort_order_matches_torch_sort_with_ties(dtype):
-    """descending_order (numpy's argsort on the CPU) against torch.sort: the same sorted values per column, each
-    column a permutation, ties (many zero errors, as unlabelled pixels give) included."""
+    """descending_order (numpy's argsort on the CPU) against torch.sort: the same sorted values per class row, each
+    row a permutation, ties (many zero errors, as unlabelled pixels give) included."""
     from eqseg.losses.lovasz import descending_order
 
     g = torch.Generator().manual_seed(0)
-    errors = torch.randint(0, 5, (1000, 3), generator=g).to(dtype) / 4  # 5 values: ties everywhere
-    errors[:200] = torch.rand(200, 3, generator=g).to(dtype)
+    errors = torch.randint(0, 5, (3, 1000), generator=g).to(dtype) / 4  # 5 values: ties everywhere
+    errors[:, :200] = torch.rand(3, 200, generator=g).to(dtype)
     order = descending_order(errors)
     assert order.shape == errors.shape and order.dtype == torch.int64
-    assert torch.equal(order.sort(dim=0).values, torch.arange(1000).unsqueeze(1).expand(1000, 3))
-    assert torch.equal(errors.gather(0, order), torch.sort(errors, dim=0, descending=True).values)
+    assert torch.equal(order.sort(dim=1).values, torch.arange(1000).expand(3, 1000))
+    assert torch.equal(errors.gather(1, order), torch.sort(errors, dim=1, descending=True).values)
 
 
 @pytest.mark.parametrize("seed", range(6))
