@@ -9,8 +9,8 @@ count, three cases run interleaved round by round (load from other processes hit
 
   * reference: the step as it was before issue 19, fp32, contiguous (NCHW) tensors, and the group U-Nets' head as
     its modules (`GSequential.forward`: the (8, 128, 128, 128) group-conv output materialised), and upsampling by
-    nn.Upsample (aten's generic CPU backward) and Lovász-softmax pixel-major with torch.sort, i.e. the current
-    version's fp32 step before this change;
+    nn.Upsample (aten's generic CPU backward), Lovász-softmax pixel-major with torch.sort, and AdamW's
+    per-tensor loop on the CPU (not fused), i.e. the current version's fp32 step before this change;
   * fp32 and bf16: the step now (`train.precision`), in the layout the model prefers (eqseg.runtime.memory_format:
     channels_last for unet and gridnet), the group head fused (gconv.invariant_head).
 
@@ -91,9 +91,9 @@ def legacy_lovasz():
 def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format, device: torch.device, batch: int,
               legacy: bool = False):
     """One call = one training step through eqseg.train.loop.train_one_epoch on one fixed batch (legacy: with
-    Lovász-softmax as it was)."""
+    Lovász-softmax and AdamW's per-tensor loop as they were)."""
     from eqseg.losses import build_loss
-    from eqseg.train.loop import train_one_epoch
+    from eqseg.train.loop import adamw, train_one_epoch
 
     net = net.to(device, memory_format=layout)
     net.prefers_contiguous = layout == torch.contiguous_format  # what train_one_epoch puts the batch in
@@ -102,7 +102,8 @@ def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format,
     y = torch.randint(0, CLASSES, (batch, SIZE, SIZE), generator=g)
     loader = [(x, y, torch.zeros(0))]
     loss = build_loss({"ce": 1.0, "lovasz": 1.0})
-    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=device.type == "cuda")
+    optimiser = (torch.optim.AdamW(net.parameters(), lr=1e-3, fused=device.type == "cuda") if legacy
+                 else adamw(net.parameters(), 1e-3, 0.01, device))  # AdamW's default weight decay
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def run():

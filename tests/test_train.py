@@ -59,3 +59,26 @@ def test_checkpoint_of_another_configuration_is_ignored(small_setup, tmp_path):
     done = subprocess.run(train_cmd(tmp, out), env=tool_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "another configuration" in done.stderr and (out / "model.pt").is_file()
+
+
+def test_training_optimiser_is_fused_adamw_with_the_loops_steps():
+    """eqseg's AdamW is the fused kernel on the CPU (issue 19) and takes the same steps as torch's per-tensor loop."""
+    from eqseg.train.loop import adamw
+
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    start = [p.detach().clone() for p in params]
+    fused = adamw(params, 0.01, 0.1, torch.device("cpu"))
+    loop = torch.optim.AdamW(twins, lr=0.01, weight_decay=0.1, foreach=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    for step in range(5):
+        for a, b in zip(params, twins):
+            a.grad = torch.full_like(a, float(step + 1)) * torch.linspace(-1, 1, a.numel()).view_as(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        loop.step()
+    for a, b in zip(params, twins):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    for a, s in zip(params, start):
+        assert (a.detach() - s).abs().min() > 1e-3  # every parameter moved
