@@ -17,6 +17,8 @@ bf16.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -39,10 +41,11 @@ def rows_per_view_row(pixels: int, channels: int) -> int:
 class _Layout:
     """A channels_last (B, F*order, H, W) tensor as wide rows (B*H*W/k, k*F*order): column j*F*order + f*order + g."""
 
-    def __init__(self, shape: torch.Size, order: int):
+    def __init__(self, shape: torch.Size, order: int, device: torch.device):
         self.shape, self.order = shape, order
         b, c, h, w = shape
         self.k = rows_per_view_row(b * h * w, c)
+        self.feature_of_column = _feature_of_column(self.k, c // order, order, device)
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 2, 3, 1).reshape(-1, self.k * self.shape[1])
@@ -56,22 +59,36 @@ class _Layout:
         b, c, h, w = self.shape
         return rows.view(b, h, w, c).permute(0, 3, 1, 2)
 
-    def columns(self, feature_values: torch.Tensor) -> torch.Tensor:
-        return feature_values.repeat_interleave(self.order).repeat(self.k)
+    def columns(self, *feature_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per feature -> per column, several vectors in one gather (each op costs more than its work here)."""
+        return torch.stack(feature_values).index_select(1, self.feature_of_column).unbind(0)
+
+
+@functools.lru_cache(maxsize=256)
+def _feature_of_column(k: int, features: int, order: int, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):  # cached: a normal tensor even if first made under inference mode
+        return torch.arange(features, device=device).repeat_interleave(order).repeat(k)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(value: float, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A read-only vector of n values (aten's kernels take them as weights or statistics and never write them)."""
+    with torch.inference_mode(False):
+        return torch.full((n,), value, dtype=dtype, device=device)
 
 
 class _ChannelsLastBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, use_batch_stats, factor, eps, order):
-        layout = _Layout(x.shape, order)
+        layout = _Layout(x.shape, order, x.device)
         rows = layout.rows(x)
         out = torch.empty_like(x)  # channels_last, written through its rows view so that it is not a view itself
         count = x.numel() // weight.numel()  # values per feature
         if use_batch_stats:  # per-column statistics; the normalised columns written to `out` are overwritten below
-            ones = torch.ones(rows.shape[1], dtype=weight.dtype, device=x.device)
+            n = rows.shape[1]
             _, mean_c, invstd_c = aten.native_batch_norm.out(
-                rows, ones, None, None, None, True, 0.0, 0.0, out=layout.rows(out),
-                save_mean=weight.new_empty(rows.shape[1]), save_invstd=weight.new_empty(rows.shape[1]))
+                rows, _constant(1.0, n, weight.dtype, x.device), None, None, None, True, 0.0, 0.0,
+                out=layout.rows(out), save_mean=weight.new_empty(n), save_invstd=weight.new_empty(n))
             var_c = torch.where(invstd_c > 0, invstd_c.pow(-2), 0.0)  # aten gives invstd 0 for a constant column
             mean_c, var_c = layout.pooled(mean_c), layout.pooled(var_c)  # equal counts per column
             mean = mean_c.mean(1)
@@ -81,44 +98,50 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
                 running_var.mul_(1 - factor).add_(var * (count / max(count - 1, 1)), alpha=factor)
         else:
             mean, var = running_mean, running_var
-        _normalise(rows, layout.columns(weight), layout.columns(bias), layout, mean, var, eps, out)
-        ctx.save_for_backward(x, weight, mean, var)
-        ctx.order, ctx.count, ctx.eps, ctx.use_batch_stats = order, count, eps, use_batch_stats
+        invstd = (var + eps).rsqrt()
+        scale = weight * invstd
+        _affine(rows, *layout.columns(scale, bias - mean * scale), layout.rows(out))
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.order, ctx.count, ctx.use_batch_stats = order, count, use_batch_stats
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, weight, mean, var = ctx.saved_tensors
-        layout = _Layout(x.shape, ctx.order)
+        x, weight, mean, invstd = ctx.saved_tensors
+        layout = _Layout(x.shape, ctx.order, x.device)
         rows, grad_rows = layout.rows(x), layout.rows(grad.contiguous(memory_format=torch.channels_last))
-        mean_c, var_c = layout.columns(mean), layout.columns(var)
-        invstd = (var + ctx.eps).rsqrt()
-        ones = torch.ones(rows.shape[1], dtype=weight.dtype, device=x.device)
+        n = rows.shape[1]
+        scale = weight * invstd
+        mean_c, invstd_c, scale_c = layout.columns(mean, invstd, scale)
         # per column: sum(dy * (x - mean) * invstd) and sum(dy), with the feature's statistics
         _, dot_c, sum_c = aten.native_batch_norm_backward(
-            grad_rows, rows, ones, None, None, mean_c, layout.columns(invstd), True, 0.0, [False, True, True])
+            grad_rows, rows, _constant(1.0, n, weight.dtype, x.device), None, None, mean_c, invstd_c, True, 0.0,
+            [False, True, True])
         grad_weight, grad_bias = layout.pooled(dot_c).sum(1), layout.pooled(sum_c).sum(1)
-        scale = weight * invstd
         if not ctx.use_batch_stats:  # running statistics (eval mode) are constants: dx = w*invstd*dy, in float32
-            scaled = aten.native_batch_norm_backward(grad_rows, rows, layout.columns(weight), mean_c, var_c, None,
-                                                     None, False, ctx.eps, [True, False, False])[0]
+            scaled = aten.native_batch_norm_backward(
+                grad_rows, rows, scale_c, _constant(0.0, n, weight.dtype, x.device),
+                _constant(1.0, n, weight.dtype, x.device), None, None, False, 0.0, [True, False, False])[0]
             return layout.image(scaled), grad_weight, grad_bias, None, None, None, None, None, None
-        # dx = w*invstd*dy - w*invstd*(sum(dy) + x_hat*sum(dy*x_hat))/n: the affine map of x_hat through aten's
-        # eval-mode forward (float32 inside, written once), then the dy term added in place in one pass (a
+        # dx = w*invstd*dy - w*invstd*(sum(dy) + x_hat*sum(dy*x_hat))/n: the second term, an affine map of x, through
+        # aten's eval-mode forward (float32 inside, written once), then the dy term added in place in one pass (a
         # separate product and sum took two more passes over the tensor: twice the time, bench/README.md)
-        grad_in = torch.empty_like(x)
         a = scale / ctx.count
-        _normalise(rows, layout.columns(-a * grad_weight), layout.columns(-a * grad_bias), layout, mean, var, ctx.eps,
-                   grad_in)
-        layout.rows(grad_in).addcmul_(grad_rows, layout.columns(scale).to(x.dtype))
+        x_coefficient = -a * grad_weight * invstd
+        grad_in = torch.empty_like(x)
+        _affine(rows, *layout.columns(x_coefficient, -a * grad_bias - mean * x_coefficient), layout.rows(grad_in))
+        layout.rows(grad_in).addcmul_(grad_rows, scale_c.to(x.dtype))
         return grad_in, grad_weight, grad_bias, None, None, None, None, None, None
 
 
-def _normalise(rows, weight_c, bias_c, layout, mean, var, eps, out):
-    """out's rows = (rows - mean) / sqrt(var + eps) * weight_c + bias_c, per column (aten's eval-mode batch norm)."""
-    aten.native_batch_norm.out(rows, weight_c, bias_c, layout.columns(mean), layout.columns(var), False, 0.0, eps,
-                               out=layout.rows(out), save_mean=weight_c.new_empty(0), save_invstd=weight_c.new_empty(0))
+def _affine(rows, scale_c, shift_c, out):
+    """out = rows * scale_c + shift_c per column, computed in float32 and written once: aten's eval-mode batch norm
+    with mean 0 and variance 1 (which itself computes x * w/sqrt(var + eps) + (b - mean * w/sqrt(var + eps)))."""
+    n = rows.shape[1]
+    zeros, ones = (_constant(v, n, scale_c.dtype, rows.device) for v in (0.0, 1.0))
+    aten.native_batch_norm.out(rows, scale_c, shift_c, zeros, ones, False, 0.0, 0.0, out=out,
+                               save_mean=scale_c.new_empty(0), save_invstd=scale_c.new_empty(0))
 
 
 def batch_norm_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
