@@ -6,13 +6,14 @@ so), and no aten call computes a group batch norm in that layout; the contiguous
 instead spent most of its time in four transposing copies. Here the tensor stays where it is: its (B*H*W, C) rows
 are viewed k at a time as (B*H*W/k, k*C) rows (k*C >= 256 columns: aten's kernels are slow on narrow rows), aten's
 kernels give each column's mean and variance (forward) and each column's sums of dy and dy*x_hat (backward), and a
-feature's statistics are those of its k*|G| columns pooled exactly (the parallel-variance formula); output and
-input gradient come from aten's eval-mode kernels with per-column coefficients. Same function, gradients and
-running statistics as `F.batch_norm` on the (B, F, |G|*H, W) view (`tests/test_batch_norm.py`: gradcheck in
-float64, aten's values in float32 and bfloat16). Group batch norm forward + backward, 1 thread, summed over
-p4_unet's 14: 94 -> 34 ms in bf16, 119 -> 39 ms in fp32 (`bench/bench_batch_norm.py`). Plain batch norms (unet,
-gridnet) keep nn.BatchNorm2d: aten's own channels_last kernel was faster for them at every width but 8 channels in
-bf16.
+feature's statistics are those of its k*|G| columns pooled exactly (the parallel-variance formula); the output and
+the input gradient's affine part in x are per-column affine maps through aten's eval-mode kernel (float32 inside,
+written once), and the gradient's dy term is added in place. Same function, gradients and running statistics as
+`F.batch_norm` on the (B, F, |G|*H, W) view (`tests/test_batch_norm.py`: gradcheck in float64, aten's values in
+float32 and bfloat16). Group batch norm forward + backward, 1 thread, summed over p4_unet's 14: 94 -> 34 ms in bf16,
+119 -> 39 ms in fp32 (`bench/bench_batch_norm.py`, session 8; the two-pass gradient of session 9 took another
+10-40 % off each). Plain batch norms take it only at NARROW_CHANNELS or fewer (gridnet's full-resolution row):
+aten's own channels_last kernel is faster from 16 channels on, slower below, and single-threaded there.
 """
 
 from __future__ import annotations
