@@ -14,7 +14,8 @@ count, three cases run interleaved round by round (load from other processes hit
   * fp32 and bf16: the step now (`train.precision`), in the layout the model prefers (eqseg.runtime.memory_format:
     channels_last for unet and gridnet), the group head fused (gconv.invariant_head).
 
-Reported: milliseconds per step, tiles per second, the speed-up over the reference, and the achieved GFLOP/s,
+Reported: milliseconds per step, tiles per second, the speed-up over the reference (median of the rounds' paired
+ratios, with their quartiles: single steps vary by +-15 % on a shared machine), and the achieved GFLOP/s,
 counted as 3 x 2 x the forward multiply-accumulates (forward 1x, backward 2x). Prints a markdown table and writes
 bench/results/train.json.
 """
@@ -113,7 +114,9 @@ def step_case(net: torch.nn.Module, precision: str, layout: torch.memory_format,
     return run
 
 
-def time_interleaved(cases: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+def time_rounds(cases: dict, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Milliseconds per call, per case: one call of every case per round, `repeats` rounds (load from other
+    processes hits the cases of a round alike, so ratios within a round are paired)."""
     for fn in cases.values():
         for _ in range(warmup):
             fn()
@@ -122,8 +125,38 @@ def time_interleaved(cases: dict, repeats: int, warmup: int = 2) -> dict[str, fl
         for name, fn in cases.items():
             t0 = time.perf_counter()
             fn()  # reads the loss back: the step has finished on a GPU too
-            times[name].append(time.perf_counter() - t0)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+def time_interleaved(cases: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median milliseconds per case over interleaved rounds (time_rounds)."""
+    return {name: statistics.median(t) for name, t in time_rounds(cases, repeats, warmup).items()}
+
+
+def paired_speedups(reference: list[float], times: list[float]) -> dict[str, float]:
+    """The speed-up of each round (reference time / time, the same round) summarised: median and quartiles
+    (inclusive method). On a shared machine single steps vary by +-15 %; the quartiles say whether a goal is met
+    in most rounds or only in the median."""
+    ratios = sorted(r / t for r, t in zip(reference, times, strict=True))
+    if len(ratios) == 1:
+        return dict(median=ratios[0], q1=ratios[0], q3=ratios[0])
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return dict(median=median, q1=q1, q3=q3)
+
+
+def machine() -> dict:
+    """What ran the bench: the CPU's model name (not just its architecture) and which bf16 units torch sees; the
+    speed-ups depend on them (oneDNN runs AMX tiles where there are some, AVX512-BF16 dot products otherwise)."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return dict(cpu=name, cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                avx512_bf16=torch.cpu._is_avx512_bf16_supported(), amx=torch.cpu._is_amx_tile_supported())
 
 
 def bench(models: list[str], threads: list[int], repeats: int, device: torch.device, batch: int,
@@ -158,11 +191,14 @@ def bench(models: list[str], threads: list[int], repeats: int, device: torch.dev
                 for precision in [c for c in cases if not c.startswith("reference")]:
                     case = f"{precision} {str(other).split('.')[-1]}"
                     cases[case], layouts[case] = step_case(copy.deepcopy(net), precision, other, device, batch), other
-            ms = time_interleaved(cases, repeats)
+            times = time_rounds(cases, repeats)
+            ms = {case: statistics.median(t) for case, t in times.items()}
             for case, t in ms.items():
                 m = macs_reference if case.startswith("reference") else macs
+                paired = paired_speedups(times["reference fp32"], times[case])
                 rows.append(dict(model=name, threads=n_threads, case=case, ms=round(t, 1),
-                                 tiles_per_s=round(batch / t * 1e3, 1), speedup=round(ms["reference fp32"] / t, 2),
+                                 tiles_per_s=round(batch / t * 1e3, 1), speedup=round(paired["median"], 2),
+                                 speedup_q1=round(paired["q1"], 2), speedup_q3=round(paired["q3"], 2),
                                  gflops=round(6 * m * batch / t / 1e6, 1), layout=str(layouts[case]).split(".")[-1]))
             print(f"  {name} x{n_threads}: " + ", ".join(f"{c} {t:.0f} ms" for c, t in ms.items()), flush=True)
     return rows
@@ -183,15 +219,18 @@ def main() -> None:
 
     device = torch.device(args.device)
     rows = bench(args.models, args.threads, args.repeats, device, args.batch, args.other_layout)
-    print("\n| model | threads | case | ms / step | tiles / s | speed-up vs reference | GFLOP/s |")
+    host = machine()
+    print(f"\n{host['cpu']} (torch {torch.__version__}, {host['cpu_capability']}, AVX512-BF16 "
+          f"{'yes' if host['avx512_bf16'] else 'no'}, AMX {'yes' if host['amx'] else 'no'})")
+    print("\n| model | threads | case | ms / step | tiles / s | speed-up vs reference [quartiles] | GFLOP/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['threads']} | {r['case']} | {r['ms']:.0f} | {r['tiles_per_s']:.1f} | "
-              f"{r['speedup']:.2f}x | {r['gflops']:.1f} |")
+              f"{r['speedup']:.2f}x [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}] | {r['gflops']:.1f} |")
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
-    out.write_text(json.dumps(dict(torch=torch.__version__, cpu=platform.processor() or platform.machine(), gpu=gpu,
+    out.write_text(json.dumps(dict(torch=torch.__version__, **host, gpu=gpu,
                                    native_bf16=native_bf16(device), batch=args.batch, size=SIZE,
                                    repeats=args.repeats, rows=rows), indent=2) + "\n")
 

@@ -43,12 +43,13 @@ $PY - "$OUT" "$GPU" <<'PY'
 import json, sys, pathlib
 out, gpu = pathlib.Path(sys.argv[1]), sys.argv[2]
 lines = [f"GPU check on {gpu}", ""]
+bench = json.loads((out / "train.json").read_text())
+lines += [f"host CPU: {bench.get('cpu', '?')}", ""]
 tests = (out / "tests.log").read_text().strip().splitlines()
 lines += [f"tests: {tests[-1] if tests else 'no output'}", ""]
-bench = json.loads((out / "train.json").read_text())
-lines += ["| model | case | ms / step | tiles / s | speed-up | GFLOP/s |", "|---|---|---|---|---|---|"]
-lines += [f"| {r['model']} | {r['case']} | {r['ms']:.1f} | {r['tiles_per_s']:.0f} | {r['speedup']:.2f}x | {r['gflops']:.0f} |"
-          for r in bench["rows"]]
+lines += ["| model | case | ms / step | tiles / s | speed-up [quartiles] | GFLOP/s |", "|---|---|---|---|---|---|"]
+lines += [f"| {r['model']} | {r['case']} | {r['ms']:.1f} | {r['tiles_per_s']:.0f} | {r['speedup']:.2f}x "
+          f"[{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}] | {r['gflops']:.0f} |" for r in bench["rows"]]
 timing = out / "pipeline.time"
 if timing.is_file():
     wall = [l for l in timing.read_text().splitlines() if "Elapsed (wall clock)" in l]
