@@ -1,6 +1,6 @@
 """The training step of every segmentation model, in fp32 and bf16, against the step before issue 19, in one run.
 
-    /work/main/.venv/bin/python bench/bench_train.py [--repeats 5] [--threads 1 2] [--models unet p4_unet p4m_unet gridnet]
+    /work/main/.venv/bin/python bench/bench_train.py [--repeats 9] [--threads 1 2] [--models unet p4_unet p4m_unet gridnet]
         [--device cpu|cuda] [--batch 8] [--other-layout]
 
 One training step = forward, CE + Lovász-softmax (the default loss), backward and an AdamW step, on a batch of
@@ -206,7 +206,7 @@ def bench(models: list[str], threads: list[int], repeats: int, device: torch.dev
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models", nargs="+", default=["unet", "p4_unet", "p4m_unet", "gridnet"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
