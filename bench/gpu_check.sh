@@ -6,7 +6,9 @@
 # markdown summary to paste into bench/README.md and the README). Usage, from the repository root:
 #   OUT=/some/dir bash bench/gpu_check.sh [--quick]
 # --quick: the tests and a short bench only (no pipeline), e.g. to check the script on a CPU: the tests skip and
-# the bench runs on the CPU then.
+# the bench runs on the CPU then. REPEATS, MODELS and SNAKEMAKE_ARGS override the bench's rounds and models and add
+# words to the pipeline's command, e.g. the whole script on a CPU in minutes:
+#   REPEATS=1 MODELS=unet SNAKEMAKE_ARGS="--configfile tests/smoke/params.yaml" OUT=/tmp/g bash bench/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out/gpu}
@@ -19,20 +21,23 @@ GPU=$($PY -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_
 echo "device: $DEVICE ($GPU)" | tee "$OUT/device.txt"
 
 # 1. the CUDA tests (and the training-step tests that also run on the CPU)
-$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_precision.py -o addopts="" 2>&1 | tee "$OUT/tests.log" | tail -3
+$PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_precision.py -o addopts="" 2>&1 | tee "$OUT/tests.log" \
+  | tail -3 || TESTS_FAILED=1  # go on: the bench and the pipeline are worth having even so
 
 # 2. the training step
-if [ "$QUICK" = "--quick" ]; then REPEATS=1; MODELS="unet p4m_unet"; else REPEATS=10; MODELS="unet p4_unet p4m_unet gridnet"; fi
+if [ "$QUICK" = "--quick" ]; then REPEATS=${REPEATS:-1}; MODELS=${MODELS:-unet p4m_unet}
+else REPEATS=${REPEATS:-10}; MODELS=${MODELS:-unet p4_unet p4m_unet gridnet}; fi
 $PY bench/bench_train.py --device "$DEVICE" --threads "$(nproc)" --repeats $REPEATS --models $MODELS --other-layout \
   --out "$OUT/train.json" 2>&1 | tee "$OUT/bench_train.log" | tail -30
 
 # 3. the default pipeline on the GPU, in a scratch copy of the repository (results/ of this checkout untouched)
 if [ "$QUICK" != "--quick" ]; then
   WORK=$(mktemp -d)
-  git ls-files -z | xargs -0 -I{} cp --parents {} "$WORK"/
+  git ls-files -z | xargs -0 cp -P --parents -t "$WORK"  # -P: links as links (profiles -> workflow/profiles)
   START=$SECONDS
-  ( cd "$WORK" && snakemake --cores "$(nproc)" ) > "$OUT/pipeline.log" 2>&1 \
-    || { echo "pipeline failed: see $OUT/pipeline.log"; tail -30 "$OUT/pipeline.log"; }
+  # shellcheck disable=SC2086  # SNAKEMAKE_ARGS: extra words, e.g. --configfile tests/smoke/params.yaml for a CPU check
+  ( cd "$WORK" && snakemake --cores "$(nproc)" ${SNAKEMAKE_ARGS:-} ) > "$OUT/pipeline.log" 2>&1 \
+    || { PIPELINE_FAILED=1; echo "pipeline failed: see $OUT/pipeline.log"; tail -30 "$OUT/pipeline.log"; }
   echo "Elapsed (wall clock): $((SECONDS - START)) s" > "$OUT/pipeline.time"
   cp "$WORK/results/report/summary.csv" "$WORK/results/report/cells.csv" "$OUT/" 2>/dev/null || true
   rm -rf "$WORK"
@@ -56,7 +61,15 @@ if timing.is_file():
     lines += ["", f"default pipeline: {wall[0].split(': ')[-1] if wall else 'see pipeline.time'}"]
 cells = out / "cells.csv"
 if cells.is_file():
-    lines += ["", "default run, test mIoU per cell:", "", "```", cells.read_text()[:3000], "```"]
+    import csv
+    keys = ("dataset", "model", "supervision", "variant", "budget", "seed", "testset")
+    lines += ["", "default run, test mIoU per cell:", "", "| " + " | ".join(keys) + " | test mIoU |",
+              "|" + "---|" * (len(keys) + 1)]
+    lines += ["| " + " | ".join(row.get(k, "") for k in keys) + f" | {float(row['miou_macro']):.3f} |"
+              for row in csv.DictReader(cells.open())]
 (out / "gpu.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
+if [ -n "${TESTS_FAILED:-}" ]; then echo "gpu_check: tests failed (see $OUT/tests.log)" >&2; fi
+if [ -n "${PIPELINE_FAILED:-}" ]; then echo "gpu_check: the default pipeline failed (see $OUT/pipeline.log)" >&2; fi
+if [ -n "${TESTS_FAILED:-}${PIPELINE_FAILED:-}" ]; then exit 1; fi
