@@ -6,7 +6,8 @@
 # markdown summary to paste into bench/README.md and the README). Usage, from the repository root:
 #   OUT=/some/dir bash bench/gpu_check.sh [--quick]
 # --quick: the tests and a short bench only (no pipeline), e.g. to check the script on a CPU: the tests skip and
-# the bench runs on the CPU then. REPEATS, MODELS and SNAKEMAKE_ARGS override the bench's rounds and models and add
+# the bench runs on the CPU then. --bench: the tests and the whole bench, no pipeline: what one call to a lent
+# device machine can carry (bench/gpu_wheels.sh; the pipeline's packages are 133 MB of wheels, over a call's limit). REPEATS, MODELS and SNAKEMAKE_ARGS override the bench's rounds and models and add
 # words to the pipeline's command, e.g. the whole script on a CPU in minutes:
 #   REPEATS=1 MODELS=unet SNAKEMAKE_ARGS="--configfile tests/smoke/params.yaml" OUT=/tmp/g bash bench/gpu_check.sh
 set -euo pipefail
@@ -27,11 +28,12 @@ $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_precision.py 
 # 2. the training step
 if [ "$QUICK" = "--quick" ]; then REPEATS=${REPEATS:-1}; MODELS=${MODELS:-unet p4m_unet}
 else REPEATS=${REPEATS:-10}; MODELS=${MODELS:-unet p4_unet p4m_unet gridnet}; fi
+case "$QUICK" in ""|--quick|--bench) ;; *) echo "gpu_check: unknown option $QUICK (--quick, --bench)" >&2; exit 2;; esac
 $PY bench/bench_train.py --device "$DEVICE" --threads "$(nproc)" --repeats $REPEATS --models $MODELS --other-layout \
   --out "$OUT/train.json" 2>&1 | tee "$OUT/bench_train.log" | tail -30
 
 # 3. the default pipeline on the GPU, in a scratch copy of the repository (results/ of this checkout untouched)
-if [ "$QUICK" != "--quick" ]; then
+if [ -z "$QUICK" ]; then
   WORK=$(mktemp -d)
   if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
     git ls-files -z | xargs -0 cp -P --parents -t "$WORK"  # -P: links as links (profiles -> workflow/profiles)

@@ -46,6 +46,21 @@ def test_loading_params_imports_neither_torch_nor_the_domain(root):
                                       *OPTIONS_LEAVES, *packages])), out
 
 
+SOURCE_READER_LIBRARIES = ("rasterio", "shapely", "pyproj", "pyogrio", "geopandas", "openslide", "tiffslide", "mlflow")
+
+
+def test_training_imports_no_source_reader(root):
+    """Training, the models, the losses and the step bench read built tile stores only: importing them loads none
+    of the raster, vector or slide libraries (nor MLflow). What this buys: a GPU node, or a device check that
+    carries its packages as wheels (bench/README.md, "On a GPU: what one device call can carry": rasterio's
+    wheel alone is 36 MB), needs none."""
+    code = ("import sys; sys.path.insert(0, 'bench'); import eqseg.train.loop, eqseg.models, eqseg.losses, "
+            "eqseg.runtime, bench_train; "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({SOURCE_READER_LIBRARIES!r})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
 def test_options_leaves_import_nothing_but_utils_and_errors():
     """Every eqseg/*/options.py is a leaf: pydantic, the standard library, eqseg.utils and eqseg.errors only (a
     lower layer may import it: test_import_layers allows exactly that), and importing it loads neither torch, numpy

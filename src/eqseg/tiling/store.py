@@ -36,11 +36,8 @@ from eqseg.errors import EqsegError
 from eqseg.labels import IGNORE
 from eqseg.tiling import grid, npy
 from eqseg.tiling.meta import StoreMeta
-from eqseg.tiling.geotiff import GeoSource
-from eqseg.tiling.raster_io import open_raster
 from eqseg.utils.process import usable_cpus
 from eqseg.tiling.protocol import Source
-from eqseg.tiling.registry import open_sources, source_groups, source_names
 from eqseg.utils.atomic import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -108,13 +105,28 @@ class _Extent:
     crs: object
     transform: object
 
-    footprint = GeoSource.footprint  # the very footprints of the scene's source
+    def footprint(self, row: int, col: int, height: int, width: int):
+        """The very footprints of the scene's source (GeoSource.footprint)."""
+        from eqseg.tiling.geotiff import GeoSource  # sources are imported where tiles are made (see _sources)
+
+        return GeoSource.footprint(self, row, col, height, width)
+
+
+def _sources():
+    """The source readers (rasterio, GDAL, shapely, OpenSlide behind them), imported only where tiles are made or
+    splits drawn: reading a built store (training) needs none of them, so a GPU node or a
+    device check runs without those libraries (bench/README.md, "On a GPU: what one device call can carry")."""
+    from eqseg.tiling.raster_io import open_raster
+    from eqseg.tiling.registry import open_sources, source_groups, source_names
+
+    return open_raster, open_sources, source_groups, source_names
 
 
 def source_splits(cfg, root: Path = Path(".")) -> dict[str, str]:
     """The split of each source of a dataset split by source or group, exactly as the tile store draws it
     (georeferenced sources covering the same ground are one unit; a group's sources are one), without reading pixels
     or labels."""
+    open_raster, _, source_groups, source_names = _sources()
     names = source_names(cfg, root)
     if cfg.split.by not in ("source", "group"):
         raise EqsegError(f"source_splits: the dataset is split by {cfg.split.by}, not by source or group")
@@ -366,7 +378,7 @@ def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset | SlideDatase
     units that kept tiles, and band statistics of the train split (of all tiles when it has none) come from per-unit
     sums gathered on the way.
     """
-    sources = open_sources(cfg, root)
+    sources = _sources()[1](cfg, root)
     try:
         return _build(name, cfg, tile, out, sources)
     finally:
