@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# The GPU check of issue 19, one script for a machine with a CUDA GPU (bench/README.md, "On a GPU"):
+# The GPU check of issue 19, one script for a machine with a CUDA GPU (bench/README.md, "On a GPU: what one device
+# call can carry"):
 #   1. the tests that need CUDA (tests/test_cuda.py; skipped on a CPU), 2. bench/bench_train.py on the GPU,
 #   3. the default pipeline (`snakemake --cores N`) on the GPU, timed, and its test scores.
 # Everything it measures goes to $OUT (default bench/out/gpu): tests.log, train.json, pipeline.log, gpu.md (a
 # markdown summary to paste into bench/README.md and the README). Usage, from the repository root:
-#   OUT=/some/dir bash bench/gpu_check.sh [--quick]
+#   OUT=/some/dir bash bench/gpu_check.sh [--quick | --bench]
 # --quick: the tests and a short bench only (no pipeline), e.g. to check the script on a CPU: the tests skip and
 # the bench runs on the CPU then. --bench: the tests and the whole bench, no pipeline: what one call to a lent
-# device machine can carry (bench/gpu_wheels.sh; the pipeline's packages are 133 MB of wheels, over a call's limit). REPEATS, MODELS and SNAKEMAKE_ARGS override the bench's rounds and models and add
-# words to the pipeline's command, e.g. the whole script on a CPU in minutes:
+# device machine can carry (bench/gpu_wheels.sh; the pipeline's packages are 133 MB of wheels, over a call's limit).
+# REPEATS, MODELS and SNAKEMAKE_ARGS override the bench's rounds and models and add words to the pipeline's
+# command, e.g. the whole script on a CPU in minutes:
 #   REPEATS=1 MODELS=unet SNAKEMAKE_ARGS="--configfile tests/smoke/params.yaml" OUT=/tmp/g bash bench/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+QUICK=${1:-}
+case "$QUICK" in ""|--quick|--bench) ;; *) echo "gpu_check: unknown option $QUICK (--quick, --bench)" >&2; exit 2;; esac
 OUT=${OUT:-bench/out/gpu}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-python}
-QUICK=${1:-}
 DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 GPU=$($PY -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')")
 echo "device: $DEVICE ($GPU)" | tee "$OUT/device.txt"
@@ -28,7 +31,6 @@ $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_precision.py 
 # 2. the training step
 if [ "$QUICK" = "--quick" ]; then REPEATS=${REPEATS:-1}; MODELS=${MODELS:-unet p4m_unet}
 else REPEATS=${REPEATS:-10}; MODELS=${MODELS:-unet p4_unet p4m_unet gridnet}; fi
-case "$QUICK" in ""|--quick|--bench) ;; *) echo "gpu_check: unknown option $QUICK (--quick, --bench)" >&2; exit 2;; esac
 $PY bench/bench_train.py --device "$DEVICE" --threads "$(nproc)" --repeats $REPEATS --models $MODELS --other-layout \
   --out "$OUT/train.json" 2>&1 | tee "$OUT/bench_train.log" | tail -30
 

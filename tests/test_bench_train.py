@@ -67,3 +67,12 @@ def test_gpu_check_script_runs_end_to_end_on_a_cpu(tmp_path, git):
     assert "passed" in summary.split("tests:")[1].splitlines()[0]
     assert "dry-run" in (out / "pipeline.log").read_text().lower()
     assert {r["case"] for r in json.loads((out / "train.json").read_text())["rows"]} >= {"reference fp32", "bf16"}
+
+
+def test_gpu_check_refuses_an_unknown_option_before_doing_anything(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh"), "--benchh"], capture_output=True, text=True,
+                          env={**os.environ, "OUT": str(out)}, timeout=60)
+    assert proc.returncode == 2 and "unknown option --benchh" in proc.stderr
+    assert not out.exists()
