@@ -37,13 +37,7 @@ $PY bench/bench_train.py --device "$DEVICE" --threads "$(nproc)" --repeats $REPE
 # 3. the default pipeline on the GPU, in a scratch copy of the repository (results/ of this checkout untouched)
 if [ -z "$QUICK" ]; then
   WORK=$(mktemp -d)
-  if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
-    git ls-files -z | xargs -0 cp -P --parents -t "$WORK"  # -P: links as links (profiles -> workflow/profiles)
-  else  # a copy of the working tree without .git (a device machine's may be one): all but what .gitignore names
-    tar -c --exclude=./.git --exclude=./.venv --exclude=./results --exclude=./.snakemake --exclude=./bench/out \
-      --exclude=./bench/results --exclude=./data/cpm15_slides --exclude=./mlflow.db --exclude=./mlruns \
-      --exclude=./mlartifacts --exclude=./mutants --exclude=__pycache__ --exclude=.pytest_cache . | tar -x -C "$WORK"
-  fi
+  bash bench/copy_tree.sh "$WORK"  # tracked files, links as links; all but the ignored ones without .git
   START=$SECONDS
   # shellcheck disable=SC2086  # SNAKEMAKE_ARGS: extra words, e.g. --configfile tests/smoke/params.yaml for a CPU check
   ( cd "$WORK" && snakemake --cores "$(nproc)" ${SNAKEMAKE_ARGS:-} ) > "$OUT/pipeline.log" 2>&1 \

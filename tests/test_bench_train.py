@@ -44,20 +44,16 @@ def test_machine_names_the_cpu_model_and_its_bf16_units():
         assert host["cpu"] in names
 
 
-@pytest.mark.parametrize("git", [True, False], ids=["git-checkout", "no-git-copy"])
-def test_gpu_check_script_runs_end_to_end_on_a_cpu(tmp_path, git):
+def test_gpu_check_script_runs_end_to_end_on_a_cpu(tmp_path):
     """bench/gpu_check.sh, the one script a lent GPU gets (issue 19, point 7), run whole on the CPU: the tests, a
     one-round bench, the pipeline in a scratch copy of the repository (a Snakemake dry run of the smoke
     configuration here) and the summary. Its first GPU run must not be where a shell slip shows: copying the
-    tracked files once failed on the `profiles` link, which `--quick` never reached. Without git (a device
-    machine's copy of the working tree may have no .git), the scratch copy is made with tar."""
+    tracked files once failed on the `profiles` link, which `--quick` never reached."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path), "PYTHON": sys.executable,
            "REPEATS": "1", "MODELS": "unet",
            "SNAKEMAKE_ARGS": "--configfile tests/smoke/params.yaml --dry-run",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    if not git:
-        env["GIT_DIR"] = str(tmp_path / "no-git")  # every git command fails, as outside a repository
     proc = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh")], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -76,3 +72,21 @@ def test_gpu_check_refuses_an_unknown_option_before_doing_anything(tmp_path):
                           env={**os.environ, "OUT": str(out)}, timeout=60)
     assert proc.returncode == 2 and "unknown option --benchh" in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("git", [True, False], ids=["git-checkout", "no-git-copy"])
+def test_copy_tree_copies_what_a_pipeline_needs_and_no_outputs(tmp_path, git):
+    """bench/copy_tree.sh, gpu_check's scratch copy: in a git checkout the tracked files, the `profiles` link kept a
+    link; without .git (GIT_DIR pointing nowhere makes every git command fail, as in a device machine's copy of
+    the working tree) the same files by tar, leaving out what .gitignore names (.venv, results, ...)."""
+    root = Path(__file__).resolve().parents[1]
+    dest = tmp_path / "copy"
+    dest.mkdir()
+    env = {**os.environ} if git else {**os.environ, "GIT_DIR": str(tmp_path / "no-git")}
+    subprocess.run(["bash", str(root / "bench" / "copy_tree.sh"), str(dest)], env=env, check=True, timeout=120)
+    assert (dest / "profiles").is_symlink() and (dest / "profiles" / "slurm").is_dir()
+    for needed in ("Snakefile", "params.yaml", "tests/smoke/params.yaml", "data/cpm15/images/image01.png",
+                   "src/eqseg/cli.py", "workflow/stages.py"):
+        assert (dest / needed).is_file(), needed
+    for output in (".git", ".venv", "results", "mlflow.db"):
+        assert not (dest / output).exists(), output
