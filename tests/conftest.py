@@ -108,6 +108,16 @@ def small_setup(tmp_path_factory, root):
     return tmp
 
 
+@pytest.fixture
+def tiled_setup(request):
+    """small_setup for the tests bench/gpu_check.sh runs: its tile store is built through the source readers
+    (rasterio, shapely), which a lent device machine running `gpu_check.sh --bench` lacks (their wheels do not fit
+    its call; bench/README.md, "On a GPU: what one device call can carry"), so there such a test skips."""
+    pytest.importorskip("rasterio", reason="building the tile store needs rasterio (not on the device machine)")
+    pytest.importorskip("shapely", reason="building the tile store needs shapely (not on the device machine)")
+    return request.getfixturevalue("small_setup")
+
+
 def train_cmd(tmp: Path, out: Path, params: str = "params.yaml") -> list[str]:
     return [str(BIN / "eqseg"), "train", "--params", str(tmp / params), "--dataset", "cpm15", "--model", "unet",
             "--seed", "3", "--tiles", str(tmp / "tiles"), "--labels", str(tmp / "labels"), "--out", str(out)]

@@ -13,15 +13,6 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh)")]
 
 
-@pytest.fixture
-def tiled_setup(request):
-    """small_setup, whose tile store is built through the source readers (rasterio, shapely). A lent device machine
-    runs `gpu_check.sh --bench` without them (their wheels do not fit its call; bench/README.md, "On a GPU: what
-    one device call can carry"), so there this test skips; everything else here needs only torch and pydantic."""
-    pytest.importorskip("rasterio", reason="building the tile store needs rasterio (not on the device machine)")
-    pytest.importorskip("shapely", reason="building the tile store needs shapely (not on the device machine)")
-    return request.getfixturevalue("small_setup")
-
 
 def _batch(device):
     g = torch.Generator().manual_seed(0)

@@ -247,7 +247,7 @@ def test_losses_of_a_batch_without_labels_are_zero_with_a_graph():
 # ---- loader workers that persist across epochs -------------------------------------------------------------------
 
 
-def test_persistent_workers_augment_for_the_epoch_the_sampler_says(small_setup):
+def test_persistent_workers_augment_for_the_epoch_the_sampler_says(tiled_setup):
     """One loader for the whole training: with a worker that lives across epochs, each epoch's batches equal a
     fresh single-process loader's for that epoch, and epochs differ (new order, new D4 draws)."""
     from eqseg.data.dataset import TileDataset
@@ -255,7 +255,7 @@ def test_persistent_workers_augment_for_the_epoch_the_sampler_says(small_setup):
     from eqseg.tiling.store import TileStore
     from eqseg.train.loop import make_loader
 
-    store = TileStore(small_setup / "tiles")
+    store = TileStore(tiled_setup / "tiles")
     ids = store.ids("train")[:6]
     norm = Normaliser("train", store.meta.band_mean, store.meta.band_std)
     ds = TileDataset(store, ids, augment="d4", seed=5, normaliser=norm)
