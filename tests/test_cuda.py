@@ -13,7 +13,6 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh)")]
 
 
-
 def _batch(device):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3, 32, 32, generator=g)

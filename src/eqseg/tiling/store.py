@@ -114,8 +114,8 @@ class _Extent:
 
 def _sources():
     """The source readers (rasterio, GDAL, shapely, OpenSlide behind them), imported only where tiles are made or
-    splits drawn: reading a built store (training) needs none of them, so a GPU node or a
-    device check runs without those libraries (bench/README.md, "On a GPU: what one device call can carry")."""
+    splits drawn: reading a built store (training) needs none of them, so a GPU node or a device check runs without
+    those libraries (bench/README.md, "On a GPU: what one device call can carry")."""
     from eqseg.tiling.raster_io import open_raster
     from eqseg.tiling.registry import open_sources, source_groups, source_names
 
@@ -378,7 +378,8 @@ def build_tile_store(name: str, cfg: PairsDataset | GeoTiffDataset | SlideDatase
     units that kept tiles, and band statistics of the train split (of all tiles when it has none) come from per-unit
     sums gathered on the way.
     """
-    sources = _sources()[1](cfg, root)
+    _, open_sources, _, _ = _sources()
+    sources = open_sources(cfg, root)
     try:
         return _build(name, cfg, tile, out, sources)
     finally:
