@@ -8,9 +8,14 @@ DEST=$(cd "${1:?usage: copy_tree.sh DEST}" && pwd)
 cd "$(dirname "$0")/.."
 if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
   git ls-files -z | xargs -0 cp -P --parents -t "$DEST"
-else
-  tar -c --exclude=./.git --exclude=./.venv --exclude=./results --exclude=./.snakemake --exclude=./bench/out \
-    --exclude=./bench/results --exclude=./data/cpm15_slides --exclude=./mlflow.db --exclude=./mlruns \
-    --exclude=./mlartifacts --exclude=./mutants --exclude=./.whl --exclude=__pycache__ --exclude=.pytest_cache . \
-    | tar -x -C "$DEST"
+else  # .gitignore's patterns as tar's: "/x" or "a/b" anchored at the root, a bare name anywhere
+  excludes=(--exclude=./.git)
+  while IFS= read -r pattern; do
+    [[ -z "$pattern" || "$pattern" == \#* ]] && continue
+    pattern=${pattern%/}
+    if [[ "$pattern" == /* ]]; then excludes+=("--exclude=.$pattern")
+    elif [[ "$pattern" == */* ]]; then excludes+=("--exclude=./$pattern")
+    else excludes+=("--exclude=$pattern"); fi
+  done < .gitignore
+  tar -c "${excludes[@]}" . | tar -x -C "$DEST"
 fi
